@@ -1,0 +1,390 @@
+"""A population of seeded candidates: factors, members, member specs, batched forward passes.
+
+Member ``i`` of a generation uses noise ``k = i // G`` with sign ``s_i``: with mirrored sampling
+``G = 2`` and ``s_i = +1`` for even ``i``, ``-1`` for odd ``i``; without it ``G = 1`` and
+``s_i = +1``. Its parameters are the base plus, per leaf,
+
+* ``lowrank``: ``s_i * sigma / sqrt(rank) * A_k @ B_k.T`` (A_k of shape (m, rank), B_k (n, rank),
+  a >=3-D leaf viewed as (shape[0], prod(shape[1:])));
+* ``full``: ``s_i * sigma * eps_k`` (eps_k of the leaf's shape);
+* ``frozen``: nothing.
+
+The population stores only the noise: ``O(K * rank * (m + n))`` numbers per low-rank leaf.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+
+import numpy as np
+
+from . import _noise
+from ._backend import Backend, get_backend, is_cupy_array
+from ._tree import flatten, unflatten
+
+NoiseKind = Literal["lowrank", "full", "frozen"]
+NOISE_KINDS: tuple[str, ...] = ("lowrank", "full", "frozen")
+
+
+@dataclass(frozen=True)
+class LeafSpec:
+    """What the noise of one leaf depends on: its path, noise kind, shape and dtype."""
+
+    path: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """(m, n): the leaf viewed as a matrix (first axis by the product of the others)."""
+        return self.shape[0], math.prod(self.shape[1:])
+
+    def noise_size(self, rank: int) -> int:
+        """Standard normals one member needs for this leaf."""
+        if self.kind == "lowrank":
+            rows, columns = self.matrix_shape
+            return (rows + columns) * rank
+        if self.kind == "full":
+            return math.prod(self.shape)
+        return 0
+
+
+def leaf_noise(
+    backend: Backend,
+    seed: int,
+    leaf: LeafSpec,
+    epoch: int,
+    first: int,
+    count: int,
+    rank: int,
+) -> Any:
+    """Noise of members ``first ..`` for one leaf: ``(A, B)`` for low-rank, ``eps`` for full.
+
+    ``A`` has shape (count, m, rank), ``B`` (count, n, rank), ``eps`` (count, *leaf.shape).
+    """
+    key = _noise.leaf_key(seed, leaf.path)
+    values = _noise.normals(
+        backend, key, epoch, first, count, leaf.noise_size(rank), np.dtype(leaf.dtype)
+    )
+    if leaf.kind == "lowrank":
+        rows, columns = leaf.matrix_shape
+        left = values[:, : rows * rank].reshape(count, rows, rank)
+        right = values[:, rows * rank :].reshape(count, columns, rank)
+        return left, right
+    return values.reshape(count, *leaf.shape)
+
+
+def _perturbed(
+    base: Any, leaf: LeafSpec, noise: Any, sign: float, sigma: float, rank: int
+) -> Any:
+    """One member's value of one leaf, from its own slice of the noise."""
+    if leaf.kind == "lowrank":
+        left, right = noise
+        return base + (sign * sigma / math.sqrt(rank)) * (left @ right.T).reshape(leaf.shape)
+    if leaf.kind == "full":
+        return base + (sign * sigma) * noise
+    return base
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """Everything needed, besides the base parameters, to rebuild one member anywhere.
+
+    A spec is small and picklable: this is what travels to a remote worker.
+
+    Example:
+        >>> import numpy as np, eggroll_opt as eo
+        >>> es = eo.Eggroll({"w": np.zeros((4, 3))}, popsize=4, sigma=0.1, learning_rate=0.1,
+        ...                 seed=0, backend="numpy")
+        >>> pop = es.ask()
+        >>> spec = pop[3].spec
+        >>> bool(np.allclose(spec.params(es.params)["w"], pop[3].params()["w"]))
+        True
+    """
+
+    seed: int
+    generation: int
+    epoch: int
+    index: int
+    sigma: float
+    rank: int
+    mirrored: bool
+    leaves: tuple[LeafSpec, ...]
+
+    @property
+    def noise_index(self) -> int:
+        """Which noise draw ``k`` this member uses."""
+        return self.index // 2 if self.mirrored else self.index
+
+    @property
+    def sign(self) -> float:
+        """+1 or -1 (the antithetic partner of a mirrored pair has -1)."""
+        return -1.0 if self.mirrored and self.index % 2 else 1.0
+
+    def params(self, base: Mapping[str, Any], backend: str | Backend | None = None) -> dict[str, Any]:
+        """This member's parameter tree, from the base parameters of its generation.
+
+        Only this member's noise is generated. ``backend`` defaults to the base's array library.
+        """
+        flat = flatten(base, "base")
+        if backend is None:
+            backend = "cupy" if any(is_cupy_array(v) for v in flat.values()) else "numpy"
+        resolved = get_backend(backend)
+        missing = [leaf.path for leaf in self.leaves if leaf.path not in flat]
+        if missing:
+            raise ValueError(f"`base` lacks the leaves {missing} of this member spec.")
+        out = {}
+        for leaf in self.leaves:
+            value = resolved.asarray(flat[leaf.path], dtype=np.dtype(leaf.dtype))
+            if leaf.kind != "frozen":
+                noise = leaf_noise(
+                    resolved, self.seed, leaf, self.epoch, self.noise_index, 1, self.rank
+                )
+                noise = tuple(part[0] for part in noise) if leaf.kind == "lowrank" else noise[0]
+                value = _perturbed(value, leaf, noise, self.sign, self.sigma, self.rank)
+            out[leaf.path] = value
+        return unflatten(out)
+
+
+class Member:
+    """One candidate of a :class:`Population` (a view: it holds no arrays of its own)."""
+
+    __slots__ = ("_index", "_population")
+
+    def __init__(self, population: Population, index: int) -> None:
+        self._population = population
+        self._index = index
+
+    @property
+    def index(self) -> int:
+        """Position in the population (the order ``tell`` expects fitness in)."""
+        return self._index
+
+    @property
+    def spec(self) -> MemberSpec:
+        """The small picklable description that rebuilds this member from the base."""
+        return self._population.spec(self._index)
+
+    def params(self) -> dict[str, Any]:
+        """This candidate's full parameter tree, on the strategy's backend."""
+        return self._population.member_params(self._index)
+
+    def __repr__(self) -> str:
+        return f"Member(index={self._index}, generation={self._population.generation})"
+
+
+class Population(Sequence[Member]):
+    """The candidates of one generation, stored as their noise (never as dense members).
+
+    Supports ``len``, iteration and indexing (``pop[i]`` is a :class:`Member`). Fitness values
+    given to ``tell`` must follow this order.
+
+    Example:
+        >>> import numpy as np, eggroll_opt as eo
+        >>> es = eo.Eggroll({"w": np.zeros((8, 5))}, popsize=6, sigma=0.1, learning_rate=0.1,
+        ...                 seed=1, backend="numpy")
+        >>> pop = es.ask()
+        >>> len(pop), pop.linear("w", np.ones((2, 5))).shape
+        (6, (6, 2, 8))
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        leaves: Mapping[str, LeafSpec],
+        base: Mapping[str, Any],
+        noise: Mapping[str, Any],
+        seed: int,
+        generation: int,
+        epoch: int,
+        popsize: int,
+        sigma: float,
+        rank: int,
+        mirrored: bool,
+    ) -> None:
+        self._backend = backend
+        self._leaves = dict(leaves)
+        self._base = dict(base)
+        self._noise = dict(noise)
+        self._seed = seed
+        self._generation = generation
+        self._epoch = epoch
+        self._popsize = popsize
+        self._sigma = sigma
+        self._rank = rank
+        self._mirrored = mirrored
+        self._group = 2 if mirrored else 1
+        signs = np.ones(popsize)
+        if mirrored:
+            signs[1::2] = -1.0
+        self._signs = signs
+
+    # -- sequence protocol -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._popsize
+
+    @overload
+    def __getitem__(self, index: int) -> Member: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Member]: ...
+
+    def __getitem__(self, index: int | slice) -> Member | list[Member]:
+        if isinstance(index, slice):
+            return [Member(self, i) for i in range(*index.indices(self._popsize))]
+        if isinstance(index, bool) or not isinstance(index, int | np.integer):
+            raise TypeError(f"population index must be an int, got {type(index).__name__}.")
+        position = int(index) + self._popsize if index < 0 else int(index)
+        if not 0 <= position < self._popsize:
+            raise IndexError(f"population index {index} out of range for popsize {self._popsize}.")
+        return Member(self, position)
+
+    def __iter__(self) -> Iterator[Member]:
+        return (Member(self, i) for i in range(self._popsize))
+
+    def __repr__(self) -> str:
+        return (
+            f"Population(popsize={self._popsize}, generation={self._generation}, "
+            f"leaves={list(self._leaves)})"
+        )
+
+    # -- what the population is --------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        """The generation these candidates belong to."""
+        return self._generation
+
+    @property
+    def backend(self) -> str:
+        """``"numpy"`` or ``"cupy"``."""
+        return self._backend.name
+
+    @property
+    def signs(self) -> np.ndarray:
+        """``s_i`` for every member (host array of +1/-1)."""
+        return self._signs.copy()
+
+    @property
+    def noise_index(self) -> np.ndarray:
+        """``k`` for every member: which noise draw it uses (host int array)."""
+        return np.arange(self._popsize) // self._group
+
+    @property
+    def base(self) -> dict[str, Any]:
+        """The mean the candidates are perturbations of (same tree as the strategy's params)."""
+        return unflatten(self._base)
+
+    def factors(self, path: str) -> Any:
+        """The stored noise of leaf ``path``: ``(A, B)`` (low-rank), ``eps`` (full) or None."""
+        self._leaf(path)
+        return self._noise.get(path)
+
+    def spec(self, index: int) -> MemberSpec:
+        """The picklable :class:`MemberSpec` of member ``index``."""
+        return MemberSpec(
+            seed=self._seed,
+            generation=self._generation,
+            epoch=self._epoch,
+            index=self[index].index,
+            sigma=self._sigma,
+            rank=self._rank,
+            mirrored=self._mirrored,
+            leaves=tuple(self._leaves.values()),
+        )
+
+    def member_params(self, index: int) -> dict[str, Any]:
+        """Member ``index``'s full parameter tree (materialises each leaf once)."""
+        position = self[index].index
+        k, sign = position // self._group, float(self._signs[position])
+        out = {}
+        for path, leaf in self._leaves.items():
+            noise = self._noise.get(path)
+            if noise is not None:
+                noise = tuple(part[k] for part in noise) if leaf.kind == "lowrank" else noise[k]
+            out[path] = _perturbed(self._base[path], leaf, noise, sign, self._sigma, self._rank)
+        return unflatten(out)
+
+    def stacked(self, path: str) -> Any:
+        """All members' values of leaf ``path``: an array (popsize, *shape).
+
+        This materialises the population for that leaf (``N * prod(shape)`` numbers): cheap for
+        biases and small leaves, the thing to avoid for large matrices (use :meth:`linear`).
+        """
+        leaf = self._leaf(path)
+        xp = self._backend.xp
+        base = self._base[path]
+        signs = xp.asarray(self._signs * self._sigma, dtype=base.dtype)
+        signs = signs.reshape(-1, *([1] * len(leaf.shape)))
+        index = xp.asarray(self.noise_index)
+        if leaf.kind == "frozen":
+            return xp.broadcast_to(base, (self._popsize, *leaf.shape)).copy()
+        if leaf.kind == "full":
+            return base + signs * self._noise[path][index]
+        left, right = self._noise[path]
+        dense = xp.matmul(left, right.transpose(0, 2, 1)) / math.sqrt(self._rank)
+        return base + signs * dense[index].reshape(self._popsize, *leaf.shape)
+
+    # -- batched forward pass ----------------------------------------------------------------
+    def linear(self, path: str, x: Any) -> Any:
+        """``x @ (W + E_i).T`` for every member ``i`` at once, for a 2-D leaf ``W`` (m, n).
+
+        Args:
+            path: the leaf's path (``"layer/weight"``).
+            x: either one input shared by all members, shape (batch, n), or one input per
+                member, shape (popsize, batch, n).
+
+        Returns:
+            An array (popsize, batch, m). The dense product with ``W`` is done once (shared
+            input) or as one large GEMM (per-member input); each low-rank member then adds only
+            ``s_i sigma / sqrt(r) * (x_i @ B_k) @ A_k.T``, which costs ``O(batch * r * (m + n))``.
+        """
+        leaf = self._leaf(path)
+        if len(leaf.shape) != 2:
+            raise ValueError(f"`path` {path!r} is not a 2-D leaf (shape {leaf.shape}).")
+        xp = self._backend.xp
+        base = self._base[path]
+        rows, columns = leaf.shape
+        x = self._backend.asarray(x)
+        shared = x.ndim == 2
+        if not (shared or (x.ndim == 3 and x.shape[0] == self._popsize)) or x.shape[-1] != columns:
+            raise ValueError(
+                f"`x` must have shape (batch, {columns}) or ({self._popsize}, batch, {columns}), "
+                f"got {tuple(x.shape)}."
+            )
+        batch = x.shape[-2]
+        dense = x @ base.T if shared else (x.reshape(-1, columns) @ base.T).reshape(
+            self._popsize, batch, rows
+        )
+        if leaf.kind == "frozen":
+            return xp.broadcast_to(dense, (self._popsize, batch, rows)).copy()
+        draws, group = self._popsize // self._group, self._group
+        signs = xp.asarray(self._signs * self._sigma, dtype=dense.dtype).reshape(draws, group, 1, 1)
+        if leaf.kind == "full":
+            eps_t = self._noise[path].transpose(0, 2, 1)  # (K, n, m)
+            if shared:
+                correction = (x @ eps_t)[:, None] * signs  # (K, G, batch, m)
+            else:
+                correction = (x.reshape(draws, group * batch, columns) @ eps_t).reshape(
+                    draws, group, batch, rows
+                ) * signs
+            return dense + correction.reshape(self._popsize, batch, rows)
+        left, right = self._noise[path]  # (K, m, r), (K, n, r)
+        if shared:
+            projected = (x @ right)[:, None]  # (K, 1, batch, r)
+        else:
+            projected = (x.reshape(draws, group * batch, columns) @ right).reshape(
+                draws, group, batch, self._rank
+            )
+        projected = projected * (signs / math.sqrt(self._rank))
+        correction = projected.reshape(draws, group * batch, self._rank) @ left.transpose(0, 2, 1)
+        return dense + correction.reshape(self._popsize, batch, rows)
+
+    def _leaf(self, path: str) -> LeafSpec:
+        if path not in self._leaves:
+            raise KeyError(f"no leaf {path!r}; leaves are {list(self._leaves)}.")
+        return self._leaves[path]

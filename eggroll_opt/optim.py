@@ -1,0 +1,221 @@
+"""Optimizers as ``init``/``update`` pairs over a flat dict of arrays (in the style of optax).
+
+An optimizer turns the search-gradient estimate into the step added to the parameters. Both
+work on ``{path: array}`` dicts of the trainable leaves. Conventions (shared by every strategy):
+
+* ``update(grads, state, params)`` receives the gradient of a **loss to minimize** (the strategy
+  passes the negated ascent direction of shaped fitness) and returns ``(updates, new_state)``;
+  the new parameters are ``params + updates``.
+* ``learning_rate`` multiplies the final direction, so ``sgd`` moves by ``-learning_rate * g``.
+* ``weight_decay`` is decoupled (AdamW style): ``-learning_rate * weight_decay * params`` is
+  added to the step; for plain SGD this equals L2 regularisation.
+
+States are nests of dicts/tuples whose leaves are arrays or Python ints, so a checkpoint stores
+them as plain arrays. Transforms compose with :func:`chain`, and ``adam`` is itself a chain.
+
+Example:
+    >>> import numpy as np
+    >>> opt = adam(0.1)
+    >>> params = {"w": np.zeros(3)}
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": np.ones(3)}, state, params)
+    >>> updates["w"]
+    array([-0.1, -0.1, -0.1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+Params = dict[str, Any]
+State = Any
+
+__all__ = [
+    "OPTIMIZERS",
+    "GradientTransformation",
+    "adam",
+    "add_decayed_weights",
+    "chain",
+    "get_optimizer",
+    "momentum",
+    "scale",
+    "scale_by_adam",
+    "sgd",
+    "trace",
+]
+
+
+class GradientTransformation(NamedTuple):
+    """A pure optimizer: ``init(params) -> state``, ``update(grads, state, params)``."""
+
+    init: Callable[[Params], State]
+    update: Callable[[Params, State, Params], tuple[Params, State]]
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Apply ``transforms`` one after another; the state is the tuple of their states."""
+
+    def init(params: Params) -> State:
+        return tuple(transform.init(params) for transform in transforms)
+
+    def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        new_state = []
+        for transform, inner in zip(transforms, state, strict=True):
+            grads, inner = transform.update(grads, inner, params)
+            new_state.append(inner)
+        return grads, tuple(new_state)
+
+    return GradientTransformation(init, update)
+
+
+def _stateless(function: Callable[[Params, Params], Params]) -> GradientTransformation:
+    return GradientTransformation(
+        lambda params: {}, lambda grads, state, params: (function(grads, params), state)
+    )
+
+
+def scale(factor: float) -> GradientTransformation:
+    """Multiply updates by ``factor``."""
+    return _stateless(lambda grads, params: {k: g * factor for k, g in grads.items()})
+
+
+def add_decayed_weights(weight_decay: float) -> GradientTransformation:
+    """Add ``weight_decay * params`` to the updates (a no-op when it is 0)."""
+    if weight_decay == 0:
+        return _stateless(lambda grads, params: grads)
+    return _stateless(
+        lambda grads, params: {k: g + weight_decay * params[k] for k, g in grads.items()}
+    )
+
+
+def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
+    """Momentum: ``m = decay * m + g``; the update is ``m`` (or ``g + decay * m`` for Nesterov)."""
+
+    def init(params: Params) -> State:
+        return {"momentum": {k: 0 * p for k, p in params.items()}}
+
+    def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        momenta = {k: decay * state["momentum"][k] + g for k, g in grads.items()}
+        if nesterov:
+            return {k: g + decay * momenta[k] for k, g in grads.items()}, {"momentum": momenta}
+        return momenta, {"momentum": momenta}
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
+    """Adam's direction ``m_hat / (sqrt(v_hat) + eps)`` (Kingma & Ba 2015, Algorithm 1)."""
+
+    def init(params: Params) -> State:
+        zeros = {k: 0 * p for k, p in params.items()}
+        return {"count": 0, "mu": zeros, "nu": dict(zeros)}
+
+    def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        count = state["count"] + 1
+        mu = {k: b1 * state["mu"][k] + (1 - b1) * g for k, g in grads.items()}
+        nu = {k: b2 * state["nu"][k] + (1 - b2) * (g * g) for k, g in grads.items()}
+        mu_correction, nu_correction = 1 - b1**count, 1 - b2**count
+        updates = {
+            k: (mu[k] / mu_correction) / ((nu[k] / nu_correction) ** 0.5 + eps) for k in grads
+        }
+        return updates, {"count": count, "mu": mu, "nu": nu}
+
+    return GradientTransformation(init, update)
+
+
+def sgd(learning_rate: float, *, weight_decay: float = 0.0) -> GradientTransformation:
+    """Plain gradient descent: ``params -= learning_rate * (g + weight_decay * params)``."""
+    return chain(add_decayed_weights(weight_decay), scale(-learning_rate))
+
+
+def momentum(
+    learning_rate: float,
+    *,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> GradientTransformation:
+    """SGD with (optionally Nesterov) momentum ``momentum``."""
+    return chain(
+        add_decayed_weights(weight_decay), trace(momentum, nesterov), scale(-learning_rate)
+    )
+
+
+def adam(
+    learning_rate: float,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> GradientTransformation:
+    """Adam, with decoupled weight decay (AdamW) when ``weight_decay`` > 0."""
+    return chain(
+        scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay), scale(-learning_rate)
+    )
+
+
+OPTIMIZERS: dict[str, Callable[..., GradientTransformation]] = {
+    "sgd": sgd,
+    "momentum": momentum,
+    "adam": adam,
+}
+
+
+def get_optimizer(
+    name: str,
+    learning_rate: float,
+    weight_decay: float = 0.0,
+    options: Mapping[str, Any] | None = None,
+) -> GradientTransformation:
+    """Build a named optimizer; ``options`` are its extra keyword arguments (e.g. ``b1``).
+
+    Raises:
+        ValueError: for an unknown name.
+        TypeError: for options the optimizer does not take.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"`optimizer` must be one of {sorted(OPTIMIZERS)} or a GradientTransformation, "
+            f"got {name!r}."
+        )
+    try:
+        return OPTIMIZERS[name](learning_rate, weight_decay=weight_decay, **dict(options or {}))
+    except TypeError as error:
+        raise TypeError(f"`optimizer_options` {dict(options or {})!r} for {name!r}: {error}") from None
+
+
+def flatten_state(state: State, prefix: str = "") -> list[tuple[str, Any]]:
+    """The leaves of an optimizer state as ``(key path, leaf)`` in a deterministic order."""
+    if isinstance(state, Mapping):
+        return [
+            item for key in state for item in flatten_state(state[key], f"{prefix}{key}/")
+        ]
+    if isinstance(state, tuple | list):
+        return [
+            item for index, inner in enumerate(state) for item in flatten_state(inner, f"{prefix}{index}/")
+        ]
+    return [(prefix.rstrip("/"), state)]
+
+
+def unflatten_state(template: State, leaves: Mapping[str, Any], prefix: str = "") -> State:
+    """Rebuild a state shaped like ``template`` from ``{key path: leaf}``.
+
+    Python ints in the template come back as ints; arrays keep the loaded values.
+
+    Raises:
+        KeyError: if a key path of the template is missing.
+    """
+    if isinstance(template, Mapping):
+        return {key: unflatten_state(template[key], leaves, f"{prefix}{key}/") for key in template}
+    if isinstance(template, tuple | list):
+        return type(template)(
+            unflatten_state(inner, leaves, f"{prefix}{index}/") for index, inner in enumerate(template)
+        )
+    value = leaves[prefix.rstrip("/")]
+    if isinstance(template, int | np.integer):
+        return int(value)
+    return value

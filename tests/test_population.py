@@ -1,0 +1,154 @@
+"""Populations: members, specs, storage, and the batched linear forward pass."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import eggroll_opt as eo
+from tests.conftest import host, make_backend
+
+
+def _strategy(backend, shapes, **kwargs):
+    rng = np.random.default_rng(0)
+    params = {name: rng.standard_normal(shape).astype(kwargs.pop(f"{name}_dtype", np.float32))
+              for name, shape in shapes.items()}
+    settings_ = dict(popsize=6, sigma=0.1, learning_rate=0.1, seed=3, backend=backend)
+    settings_.update(kwargs)
+    return eo.Eggroll(params, **settings_)
+
+
+def test_population_is_a_sequence_of_members(backend):
+    es = _strategy(backend, {"w": (5, 4), "b": (5,)})
+    pop = es.ask()
+    assert len(pop) == 6 and len(list(pop)) == 6 and pop[-1].index == 5
+    assert [m.index for m in pop[1:4]] == [1, 2, 3]
+    assert es.ask() is pop  # same generation, same population
+    with pytest.raises(IndexError, match="out of range"):
+        pop[6]
+    with pytest.raises(TypeError, match="population index must be an int"):
+        pop["0"]  # type: ignore[call-overload]
+    assert "generation=0" in repr(pop[0])
+
+
+def test_member_params_follow_the_definition(backend):
+    es = _strategy(backend, {"w": (5, 4), "conv": (3, 2, 2, 2), "b": (5,)}, rank=2)
+    pop = es.ask()
+    base = host(es.params)
+    left, right = (host(x) for x in pop.factors("w"))
+    eps = host(pop.factors("b"))
+    for i in range(len(pop)):
+        k, s = i // 2, (1 if i % 2 == 0 else -1)
+        member = host(pop[i].params())
+        expected_w = base["w"] + s * 0.1 / math.sqrt(2) * left[k] @ right[k].T
+        np.testing.assert_allclose(member["w"], expected_w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(member["b"], base["b"] + s * 0.1 * eps[k], rtol=1e-6)
+        assert member["conv"].shape == (3, 2, 2, 2)
+    lc, rc = pop.factors("conv")
+    assert lc.shape == (3, 3, 2) and rc.shape == (3, 8, 2)  # (K, m, r), (K, n, r)
+
+
+def test_mirrored_pairs_are_antithetic(backend):
+    es = _strategy(backend, {"w": (4, 3)})
+    pop = es.ask()
+    base = host(es.params)["w"]
+    plus, minus = host(pop[2].params())["w"], host(pop[3].params())["w"]
+    np.testing.assert_allclose(plus - base, -(minus - base), rtol=1e-5, atol=1e-7)
+
+
+def test_ask_allocates_only_factors():
+    es = eo.Eggroll({"w": np.zeros((4096, 4096), np.float32)}, popsize=1024, sigma=0.1,
+                    learning_rate=0.1, rank=1, seed=0, backend="numpy")
+    tracemalloc.start()
+    try:
+        pop = es.ask()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    left, right = pop.factors("w")
+    stored = left.nbytes + right.nbytes
+    assert stored == 512 * (4096 + 4096) * 4  # K·r·(m+n) float32 numbers, K = 512 draws
+    # The factors plus the generator's temporaries, bounded by its chunk (2**20 normals).
+    assert peak < stored + 16 * 2**20
+    assert peak < 1024 * 4096 * 4096 * 4 // 1000  # O(N·m·n) would be 1000x more
+
+
+def test_spec_rebuilds_the_member_alone_and_pickles(backend):
+    es = _strategy(backend, {"w": (6, 5), "b": (6,), "s": ()}, rank=2,
+                   noise_kinds={"s": "frozen"})
+    for _ in range(2):
+        es.ask()
+        es.tell(np.arange(6.0))
+    pop = es.ask()
+    spec = pickle.loads(pickle.dumps(pop[5].spec))
+    assert (spec.generation, spec.index, spec.noise_index, spec.sign) == (2, 5, 2, -1.0)
+    rebuilt = host(spec.params(host(es.params)))
+    direct = host(pop[5].params())
+    for name in direct:
+        np.testing.assert_allclose(rebuilt[name], direct[name], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="`base` lacks the leaves"):
+        spec.params({"w": np.zeros((6, 5))})
+
+
+def test_stacked_matches_member_params(backend):
+    es = _strategy(backend, {"w": (3, 2, 2), "b": (3,), "f": (2,)}, noise_kinds={"f": "frozen"})
+    pop = es.ask()
+    for name in ("w", "b", "f"):
+        stacked = host(pop.stacked(name))
+        for i in range(len(pop)):
+            np.testing.assert_allclose(stacked[i], host(pop[i].params()[name]), rtol=1e-5,
+                                       atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 9),
+    columns=st.integers(1, 9),
+    batch=st.integers(1, 4),
+    half_popsize=st.integers(1, 4),
+    rank=st.integers(1, 3),
+    kind=st.sampled_from(["lowrank", "full", "frozen"]),
+    mirrored=st.booleans(),
+    per_member=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    backend_name=st.sampled_from(["numpy", "numpy-arrays"]),
+)
+def test_linear_equals_materialised_members(rows, columns, batch, half_popsize, rank, kind,
+                                            mirrored, per_member, dtype, backend_name):
+    rank = min(rank, rows, columns)
+    popsize = 2 * half_popsize
+    es = eo.Eggroll(
+        {"w": np.random.default_rng(1).standard_normal((rows, columns)).astype(dtype),
+         "other": np.ones(2, dtype)},
+        popsize=popsize, sigma=0.3, learning_rate=0.1, rank=rank, mirrored=mirrored, seed=rows,
+        noise_kinds={"w": kind}, backend=make_backend(backend_name),
+    )
+    pop = es.ask()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((popsize, batch, columns) if per_member else (batch, columns))
+    x = x.astype(dtype)
+    out = host(pop.linear("w", x))
+    assert out.shape == (popsize, batch, rows) and out.dtype == dtype
+    for i in range(popsize):
+        w = host(pop[i].params()["w"])
+        expected = (x[i] if per_member else x) @ w.T
+        tolerance = 1e-4 if dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(out[i], expected, rtol=tolerance, atol=tolerance)
+
+
+def test_linear_rejects_bad_shapes():
+    es = eo.Eggroll({"w": np.zeros((3, 4)), "b": np.zeros(3)}, popsize=4, sigma=0.1,
+                    learning_rate=0.1, seed=0, backend="numpy")
+    pop = es.ask()
+    with pytest.raises(ValueError, match=r"`x` must have shape \(batch, 4\)"):
+        pop.linear("w", np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="is not a 2-D leaf"):
+        pop.linear("b", np.zeros((2, 3)))
+    with pytest.raises(KeyError, match="no leaf 'nope'"):
+        pop.linear("nope", np.zeros((2, 4)))
