@@ -61,6 +61,13 @@ def to_numpy(value: Any) -> Any:
     return value
 
 
+def namespace_of(array: Any) -> ModuleType:
+    """The array module (``numpy`` or ``cupy``) that ``array`` belongs to."""
+    if is_cupy_array(array):
+        return importlib.import_module("cupy")
+    return np
+
+
 def cupy_available() -> bool:
     """Whether CuPy imports and sees at least one GPU."""
     if importlib.util.find_spec("cupy") is None:

@@ -205,11 +205,11 @@ class Eggroll:
         for path, value in flat.items():
             dtype = np.asarray(to_numpy(value)).dtype if not hasattr(value, "dtype") else value.dtype
             shape = tuple(int(d) for d in np.shape(value))
-            if not np.issubdtype(np.dtype(dtype), np.floating):
+            if np.dtype(dtype) not in (np.float32, np.float64):
                 raise TypeError(
-                    f"`params` leaf {path!r} must be a float array, got dtype {np.dtype(dtype)} "
-                    "(convert integers with .astype(float); search over integers with the "
-                    "Optuna sampler)."
+                    f"`params` leaf {path!r} must be a float array (float32 or float64), got "
+                    f"dtype {np.dtype(dtype)} (convert with .astype(np.float32); search over "
+                    "integers or choices with the Optuna sampler)."
                 )
             if 0 in shape:
                 raise ValueError(f"`params` leaf {path!r} has a zero-size dimension: {shape}.")
@@ -358,14 +358,16 @@ class Eggroll:
                 f"{weights.shape} with {int((~np.isfinite(weights)).sum())} non-finite."
             )
         grads = self._loss_gradient(population, weights)
+        gradient_norm = self._norm(grads)
         updates, self._opt_state = self._optimizer.update(grads, self._opt_state, self._trainable())
-        params = dict(self._params)
+        xp = self._backend.xp
+        params = dict(self._params)  # new arrays: the old mean stays valid for its population
         for path, update in updates.items():
-            params[path] = (params[path] + update).astype(params[path].dtype, copy=False)
+            params[path] = xp.asarray(params[path] + update, dtype=params[path].dtype)
         self._params = params
         self._population = None
         self._generation += 1
-        return self._stats(values, grads)
+        return self._stats(values, gradient_norm)
 
     def _validate_fitness(self, fitness: Any) -> np.ndarray:
         if isinstance(fitness, str | bytes | Mapping) or fitness is None:
@@ -415,22 +417,28 @@ class Eggroll:
                 continue
             noise = population.factors(path)
             if leaf.kind == "lowrank":
-                left, right = noise
-                w = xp.asarray(per_draw * (scale / math.sqrt(self._rank)), dtype=left.dtype)
-                grad = xp.tensordot(left * w[:, None, None], right, axes=([0, 2], [0, 2]))
-                grads[path] = grad.reshape(leaf.shape)
+                left, right = noise  # (K, m, r), (K, n, r)
+                draws, rows, rank = left.shape
+                w = xp.asarray(per_draw * (scale / math.sqrt(rank)), dtype=left.dtype)
+                # (K·r, m)ᵀ @ (K·r, n): one GEMM; for rank 1 both operands are views.
+                weighted = (left * w[:, None, None]).transpose(0, 2, 1).reshape(-1, rows)
+                stacked = right.transpose(0, 2, 1).reshape(draws * rank, -1)
+                grads[path] = (weighted.T @ stacked).reshape(leaf.shape)
             else:
                 w = xp.asarray(per_draw * scale, dtype=noise.dtype)
-                grads[path] = xp.tensordot(w, noise, axes=1)
+                grads[path] = xp.asarray(xp.tensordot(w, noise, axes=1))  # 0-d stays an array
         return grads
 
-    def _stats(self, values: np.ndarray, grads: Mapping[str, Any]) -> GenerationStats:
+    def _norm(self, grads: Mapping[str, Any]) -> float:
+        xp = self._backend.xp
+        return math.sqrt(sum(float(xp.linalg.norm(g.reshape(-1))) ** 2 for g in grads.values()))
+
+    def _stats(self, values: np.ndarray, gradient_norm: float) -> GenerationStats:
         ok = ~np.isnan(values)
         ranked = values[ok]
         best_pos = int(np.argmax(ranked) if self._maximize else np.argmin(ranked))
         best, worst = (ranked.max(), ranked.min()) if self._maximize else (ranked.min(), ranked.max())
         finite = ranked[np.isfinite(ranked)]
-        squared = sum(float(to_numpy((g.astype(np.float64) ** 2).sum())) for g in grads.values())
         return GenerationStats(
             generation=self._generation - 1,
             best_fitness=float(best),
@@ -438,7 +446,7 @@ class Eggroll:
             worst_fitness=float(worst),
             best_index=int(np.flatnonzero(ok)[best_pos]),
             num_failed=int((~ok).sum()),
-            gradient_norm=math.sqrt(squared),
+            gradient_norm=gradient_norm,
         )
 
     # -- checkpoints -------------------------------------------------------------------------

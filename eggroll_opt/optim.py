@@ -9,6 +9,12 @@ work on ``{path: array}`` dicts of the trainable leaves. Conventions (shared by 
 * ``learning_rate`` multiplies the final direction, so ``sgd`` moves by ``-learning_rate * g``.
 * ``weight_decay`` is decoupled (AdamW style): ``-learning_rate * weight_decay * params`` is
   added to the step; for plain SGD this equals L2 regularisation.
+* **Buffers are reused.** ``update`` may overwrite the arrays of ``grads`` and of ``state`` in
+  place and may return ``grads``' own arrays as the updates; it never modifies ``params``. The
+  strategy owns both and hands each gradient to the optimizer once, so a step allocates about
+  one gradient's worth of memory instead of one per intermediate result (at 100M parameters
+  that is the difference between fitting and not). A transform never returns its state's arrays
+  as updates, so the next transform of a chain may scale them in place.
 
 States are nests of dicts/tuples whose leaves are arrays or Python ints, so a checkpoint stores
 them as plain arrays. Transforms compose with :func:`chain`, and ``adam`` is itself a chain.
@@ -18,7 +24,7 @@ Example:
     >>> opt = adam(0.1)
     >>> params = {"w": np.zeros(3)}
     >>> state = opt.init(params)
-    >>> updates, state = opt.update({"w": np.ones(3)}, state, params)
+    >>> updates, state = opt.update({"w": np.ones(3)}, state, params)  # may reuse the buffers
     >>> updates["w"]
     array([-0.1, -0.1, -0.1])
 """
@@ -29,6 +35,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from ._backend import namespace_of
 
 Params = dict[str, Any]
 State = Any
@@ -77,31 +85,51 @@ def _stateless(function: Callable[[Params, Params], Params]) -> GradientTransfor
     )
 
 
+def _zeros_like(params: Params) -> Params:
+    return {k: namespace_of(p).zeros_like(p) for k, p in params.items()}
+
+
+def _scale_in_place(grads: Params, factor: float) -> Params:
+    for g in grads.values():
+        g *= factor
+    return grads
+
+
 def scale(factor: float) -> GradientTransformation:
     """Multiply updates by ``factor``."""
-    return _stateless(lambda grads, params: {k: g * factor for k, g in grads.items()})
+    return _stateless(lambda grads, params: _scale_in_place(grads, factor))
+
+
+def _add_decay(grads: Params, params: Params, weight_decay: float) -> Params:
+    for k, g in grads.items():
+        g += weight_decay * params[k]
+    return grads
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
     """Add ``weight_decay * params`` to the updates (a no-op when it is 0)."""
     if weight_decay == 0:
         return _stateless(lambda grads, params: grads)
-    return _stateless(
-        lambda grads, params: {k: g + weight_decay * params[k] for k, g in grads.items()}
-    )
+    return _stateless(lambda grads, params: _add_decay(grads, params, weight_decay))
 
 
 def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
     """Momentum: ``m = decay * m + g``; the update is ``m`` (or ``g + decay * m`` for Nesterov)."""
 
     def init(params: Params) -> State:
-        return {"momentum": {k: 0 * p for k, p in params.items()}}
+        return {"momentum": _zeros_like(params)}
 
     def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-        momenta = {k: decay * state["momentum"][k] + g for k, g in grads.items()}
-        if nesterov:
-            return {k: g + decay * momenta[k] for k, g in grads.items()}, {"momentum": momenta}
-        return momenta, {"momentum": momenta}
+        momenta = state["momentum"]
+        for k, g in grads.items():
+            momentum_k = momenta[k]
+            momentum_k *= decay
+            momentum_k += g
+            if nesterov:
+                g += decay * momentum_k
+            else:
+                g[...] = momentum_k
+        return grads, state
 
     return GradientTransformation(init, update)
 
@@ -110,18 +138,30 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     """Adam's direction ``m_hat / (sqrt(v_hat) + eps)`` (Kingma & Ba 2015, Algorithm 1)."""
 
     def init(params: Params) -> State:
-        zeros = {k: 0 * p for k, p in params.items()}
-        return {"count": 0, "mu": zeros, "nu": dict(zeros)}
+        return {"count": 0, "mu": _zeros_like(params), "nu": _zeros_like(params)}
 
     def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
         count = state["count"] + 1
-        mu = {k: b1 * state["mu"][k] + (1 - b1) * g for k, g in grads.items()}
-        nu = {k: b2 * state["nu"][k] + (1 - b2) * (g * g) for k, g in grads.items()}
         mu_correction, nu_correction = 1 - b1**count, 1 - b2**count
-        updates = {
-            k: (mu[k] / mu_correction) / ((nu[k] / nu_correction) ** 0.5 + eps) for k in grads
-        }
-        return updates, {"count": count, "mu": mu, "nu": nu}
+        for k, g in grads.items():
+            xp = namespace_of(g)
+            mu, nu = state["mu"][k], state["nu"][k]
+            # mu = b1 mu + (1 - b1) g and nu = b2 nu + (1 - b2) g², without temporaries.
+            xp.subtract(mu, g, out=mu)
+            mu *= b1
+            mu += g
+            xp.multiply(g, g, out=g)
+            xp.subtract(nu, g, out=nu)
+            nu *= b2
+            nu += g
+            # g = (mu / c1) / (sqrt(nu / c2) + eps)
+            xp.sqrt(nu, out=g)
+            g *= 1 / nu_correction**0.5
+            g += eps
+            xp.divide(mu, g, out=g)
+            g *= 1 / mu_correction
+        state["count"] = count
+        return grads, state
 
     return GradientTransformation(init, update)
 

@@ -256,6 +256,7 @@ PARAMS = {"w": np.zeros((4, 3))}
         ({"w": np.zeros((3, 2), dtype=complex)}, {}, TypeError, "must be a float array"),
         ({"w": np.zeros((3, 0))}, {}, ValueError, r"leaf 'w' has a zero-size dimension"),
         ({"w": np.zeros((3, 2), dtype=bool)}, {}, TypeError, "must be a float array"),
+        ({"w": np.zeros((3, 2), dtype=np.float16)}, {}, TypeError, "float32 or float64"),
         ([np.zeros(3)], {}, TypeError, "`params` must be a dict"),
     ],
 )
@@ -323,3 +324,15 @@ def test_both_strategies_solve_a_non_differentiable_objective(cls):
         es.tell(np.sum(np.sign(np.round(pop.stacked("w"), 1)) != target, axis=(1, 2)))
     wrong = int(np.sum(np.sign(np.round(es.params["w"], 1)) != target))
     assert wrong <= 3  # from 256 wrong at the start
+
+
+def test_tell_never_modifies_arrays_the_user_holds():
+    es = eo.Eggroll({"w": np.ones((4, 3)), "b": np.ones(4)}, popsize=4, sigma=0.1,
+                    learning_rate=0.1, seed=0, backend="numpy", weight_decay=0.1)
+    held = es.params
+    pop = es.ask()
+    member = pop[1].params()
+    es.tell(np.arange(4.0))
+    np.testing.assert_array_equal(held["w"], np.ones((4, 3)))
+    np.testing.assert_array_equal(pop[1].params()["w"], member["w"])  # its base is kept
+    assert not np.array_equal(es.params["w"], held["w"])

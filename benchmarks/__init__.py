@@ -1,0 +1,1 @@
+"""Benchmarks of eggroll_opt: ``python -m benchmarks.core`` (strategy work per generation)."""

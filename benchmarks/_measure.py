@@ -1,0 +1,82 @@
+"""Timing and memory helpers shared by the benchmarks: medians of repeats, peak memory, threads."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def synchronize(xp: Any) -> None:
+    """Wait for queued GPU work (no-op on NumPy)."""
+    if xp.__name__ == "cupy":
+        xp.cuda.Device().synchronize()
+
+
+def time_call(function: Callable[[], Any], xp: Any, *, warmup: int, repeats: int) -> dict[str, float]:
+    """Median, min and max seconds of ``function`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        function()
+    synchronize(xp)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        synchronize(xp)
+        seconds.append(time.perf_counter() - start)
+    return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds)}
+
+
+def peak_bytes(function: Callable[[], Any], xp: Any) -> int:
+    """Peak memory allocated while ``function`` runs (and what it returns is alive).
+
+    NumPy: tracemalloc's peak. CuPy: growth of the default memory pool, emptied first.
+    """
+    if xp.__name__ == "cupy":
+        pool = xp.get_default_memory_pool()
+        synchronize(xp)
+        pool.free_all_blocks()
+        before = pool.total_bytes()
+        result = function()
+        synchronize(xp)
+        del result
+        return int(pool.total_bytes() - before)
+    tracemalloc.start()
+    try:
+        result = function()
+        peak = tracemalloc.get_traced_memory()[1]
+        del result
+    finally:
+        tracemalloc.stop()
+    return int(peak)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on: CPU count, libraries, BLAS threads."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "env_threads": {
+            name: os.environ[name]
+            for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            if name in os.environ
+        },
+    }
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {key: pool.get(key) for key in ("internal_api", "num_threads", "version")}
+            for pool in threadpool_info()
+        ]
+    except ImportError:
+        info["blas"] = "threadpoolctl not installed"
+    return info
