@@ -19,7 +19,9 @@ def synchronize(xp: Any) -> None:
         xp.cuda.Device().synchronize()
 
 
-def time_call(function: Callable[[], Any], xp: Any, *, warmup: int, repeats: int) -> dict[str, float]:
+def time_call(
+    function: Callable[[], Any], xp: Any, *, warmup: int, repeats: int
+) -> dict[str, float]:
     """Median, min and max seconds of ``function`` over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         function()

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -29,8 +30,9 @@ from ._measure import machine, peak_bytes, synchronize, time_call
 MB = 2**20
 
 
-def _ask_tell_times(es: eo.Eggroll, fitness: np.ndarray, xp: Any, *, warmup: int,
-                    repeats: int) -> dict[str, dict[str, float]]:
+def _ask_tell_times(
+    es: eo.Eggroll, fitness: np.ndarray, xp: Any, *, warmup: int, repeats: int
+) -> dict[str, dict[str, float]]:
     for _ in range(warmup):
         es.ask()
         es.tell(fitness)
@@ -59,15 +61,25 @@ def _one_generation(es: eo.Eggroll, fitness: np.ndarray) -> None:
     es.tell(fitness)
 
 
-def run(backend_name: str, *, size: int, popsize: int, rank: int, repeats: int,
-        big_size: int, big_popsize: int) -> dict[str, Any]:
+def run(
+    backend_name: str,
+    *,
+    size: int,
+    popsize: int,
+    rank: int,
+    repeats: int,
+    big_size: int,
+    big_popsize: int,
+) -> dict[str, Any]:
     """Measure everything; returns a dict of rows and checks."""
     backend = get_backend(backend_name)
     xp = backend.xp
     rng = np.random.default_rng(0)
     fitness = rng.standard_normal(popsize)
     params = {"w": np.zeros((size, size), np.float32)}
-    settings = dict(popsize=popsize, sigma=0.01, learning_rate=1e-3, seed=0, backend=backend)
+    settings: dict[str, Any] = dict(
+        popsize=popsize, sigma=0.01, learning_rate=1e-3, seed=0, backend=backend
+    )
     rows: dict[str, Any] = {}
 
     left = xp.asarray(rng.standard_normal((size, popsize * rank)), dtype=xp.float32)
@@ -84,23 +96,30 @@ def run(backend_name: str, *, size: int, popsize: int, rank: int, repeats: int,
     peaks: dict[str, int] = {}
     for optimizer in ("adam", "sgd"):
         eggroll = eo.Eggroll(params, rank=rank, optimizer=optimizer, **settings)
-        for name, value in _ask_tell_times(eggroll, fitness, xp, warmup=2,
-                                           repeats=repeats).items():
+        for name, value in _ask_tell_times(eggroll, fitness, xp, warmup=2, repeats=repeats).items():
             rows[f"Eggroll {name} ({optimizer})"] = value
         peaks[f"Eggroll ask+tell ({optimizer})"] = peak_bytes(
-            lambda: _one_generation(eggroll, fitness), xp
+            partial(_one_generation, eggroll, fitness), xp
         )
         openes = eo.OpenES(params, optimizer=optimizer, **settings)
-        for name, value in _ask_tell_times(openes, fitness, xp, warmup=1,
-                                           repeats=max(2, repeats // 3)).items():
+        for name, value in _ask_tell_times(
+            openes, fitness, xp, warmup=1, repeats=max(2, repeats // 3)
+        ).items():
             rows[f"OpenES {name} ({optimizer})"] = value
         peaks[f"OpenES ask+tell ({optimizer})"] = peak_bytes(
-            lambda: _one_generation(openes, fitness), xp
+            partial(_one_generation, openes, fitness), xp
         )
         del eggroll, openes
 
-    big = eo.Eggroll({"w": np.zeros((big_size, big_size), np.float32)}, popsize=big_popsize,
-                     sigma=0.01, learning_rate=1e-3, seed=0, backend=backend, rank=rank)
+    big = eo.Eggroll(
+        {"w": np.zeros((big_size, big_size), np.float32)},
+        popsize=big_popsize,
+        sigma=0.01,
+        learning_rate=1e-3,
+        seed=0,
+        backend=backend,
+        rank=rank,
+    )
     ask_peak = peak_bytes(big.ask, xp)
     factor_bytes = (big_popsize // 2) * rank * 2 * big_size * 4
 
@@ -112,25 +131,46 @@ def run(backend_name: str, *, size: int, popsize: int, rank: int, repeats: int,
             peaks[f"Eggroll ask+tell ({optimizer})"], 1
         )
         checks += [
-            (f"Eggroll ask+tell / floor ({optimizer})", eggroll_time / floor, "<= 3",
-             eggroll_time / floor <= 3),
+            (
+                f"Eggroll ask+tell / floor ({optimizer})",
+                eggroll_time / floor,
+                "<= 3",
+                eggroll_time / floor <= 3,
+            ),
             (f"OpenES / Eggroll time ({optimizer})", time_ratio, ">= 200", time_ratio >= 200),
-            (f"OpenES / Eggroll peak memory ({optimizer})", memory_ratio, ">= 50",
-             memory_ratio >= 50),
+            (
+                f"OpenES / Eggroll peak memory ({optimizer})",
+                memory_ratio,
+                ">= 50",
+                memory_ratio >= 50,
+            ),
         ]
     checks.append(
-        (f"ask() peak at {big_size}², N={big_popsize} / factor bytes", ask_peak / factor_bytes,
-         "factors + <= 16 MB", ask_peak < factor_bytes + 16 * MB)
+        (
+            f"ask() peak at {big_size}², N={big_popsize} / factor bytes",
+            ask_peak / factor_bytes,
+            "factors + <= 16 MB",
+            ask_peak < factor_bytes + 16 * MB,
+        )
     )
     return {
         "backend": backend.name,
-        "setup": {"size": size, "popsize": popsize, "rank": rank, "dtype": "float32",
-                  "repeats": repeats, "mirrored": True},
+        "setup": {
+            "size": size,
+            "popsize": popsize,
+            "rank": rank,
+            "dtype": "float32",
+            "repeats": repeats,
+            "mirrored": True,
+        },
         "machine": machine(),
         "rows": rows,
-        "peak_bytes": {**peaks, f"Eggroll ask {big_size}² N={big_popsize}": ask_peak,
-                       "factor bytes": factor_bytes,
-                       "dense population bytes": big_popsize * big_size * big_size * 4},
+        "peak_bytes": {
+            **peaks,
+            f"Eggroll ask {big_size}² N={big_popsize}": ask_peak,
+            "factor bytes": factor_bytes,
+            "dense population bytes": big_popsize * big_size * big_size * 4,
+        },
         "floor_seconds": floor,
         "checks": [
             {"check": c, "value": float(v), "target": t, "met": bool(m)} for c, v, t, m in checks
@@ -150,9 +190,8 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---:|---:|",
     ]
     for name, row in result["rows"].items():
-        lines.append(
-            f"| {name} | {1e3 * row['median']:.2f} | {1e3 * row['min']:.2f}-{1e3 * row['max']:.2f} |"
-        )
+        spread = f"{1e3 * row['min']:.2f}-{1e3 * row['max']:.2f}"
+        lines.append(f"| {name} | {1e3 * row['median']:.2f} | {spread} |")
     lines += ["", "| peak memory | MB |", "|---|---:|"]
     for name, value in result["peak_bytes"].items():
         lines.append(f"| {name} | {value / MB:.1f} |")
@@ -163,25 +202,39 @@ def markdown(result: dict[str, Any]) -> str:
             f"{'yes' if check['met'] else 'NO'} |"
         )
     threads = result["machine"]
-    lines += ["", f"Machine: {threads['cpus']} CPUs, numpy {threads['numpy']}, BLAS "
-              f"{threads['blas']}, thread variables {threads['env_threads'] or 'unset'}."]
+    lines += [
+        "",
+        f"Machine: {threads['cpus']} CPUs, numpy {threads['numpy']}, BLAS "
+        f"{threads['blas']}, thread variables {threads['env_threads'] or 'unset'}.",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.core", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.core",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     parser.add_argument("--out", help="folder for core.md and core.json")
     args = parser.parse_args(argv)
     if args.quick:
-        result = run(args.backend, size=256, popsize=64, rank=1, repeats=5, big_size=1024,
-                     big_popsize=256)
+        result = run(
+            args.backend, size=256, popsize=64, rank=1, repeats=5, big_size=1024, big_popsize=256
+        )
     else:
-        result = run(args.backend, size=1024, popsize=256, rank=1, repeats=15, big_size=4096,
-                     big_popsize=1024)
+        result = run(
+            args.backend,
+            size=1024,
+            popsize=256,
+            rank=1,
+            repeats=15,
+            big_size=4096,
+            big_popsize=1024,
+        )
     text = markdown(result)
     print(text)
     if args.out:

@@ -63,7 +63,7 @@ def save(
         "strategy": strategy,
         "config": dict(config),
         "generation": generation,
-        "leaves": [[l.path, l.kind, list(l.shape), l.dtype] for l in leaves],
+        "leaves": [[leaf.path, leaf.kind, list(leaf.shape), leaf.dtype] for leaf in leaves],
         "optimizer_keys": [key for key, _ in state_leaves],
     }
     arrays: dict[str, np.ndarray] = {"__meta__": np.array(json.dumps(meta))}
@@ -115,13 +115,17 @@ def load(path: str | os.PathLike[str], *, strategy: str) -> CheckpointData:
                 f"checkpoint {name!r} holds a {meta['strategy']} strategy, not a {strategy}; "
                 f"use {meta['strategy']}.load."
             )
-        leaves = [LeafSpec(p, kind, tuple(shape), dtype) for p, kind, shape, dtype in meta["leaves"]]
+        leaves = [
+            LeafSpec(p, kind, tuple(shape), dtype) for p, kind, shape, dtype in meta["leaves"]
+        ]
         params = {leaf.path: archive[f"param:{leaf.path}"] for leaf in leaves}
         state = {key: archive[f"opt:{i}"] for i, key in enumerate(meta["optimizer_keys"])}
     return CheckpointData(meta["config"], leaves, params, state, int(meta["generation"]))
 
 
-def restore_optimizer_state(template: Any, saved: Mapping[str, np.ndarray], backend: Backend) -> Any:
+def restore_optimizer_state(
+    template: Any, saved: Mapping[str, np.ndarray], backend: Backend
+) -> Any:
     """Fill an optimizer state shaped like ``template`` with saved leaves, on ``backend``.
 
     Raises:

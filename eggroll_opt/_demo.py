@@ -36,7 +36,12 @@ def cartpole_step(state: np.ndarray, push_right: np.ndarray) -> np.ndarray:
     )
     x_acc = temp - POLE_MASS * HALF_LENGTH * theta_acc * cos / total_mass
     return np.stack(
-        [x + TAU * x_dot, x_dot + TAU * x_acc, theta + TAU * theta_dot, theta_dot + TAU * theta_acc],
+        [
+            x + TAU * x_dot,
+            x_dot + TAU * x_acc,
+            theta + TAU * theta_dot,
+            theta_dot + TAU * theta_acc,
+        ],
         axis=1,
     )
 
@@ -50,8 +55,11 @@ def init_policy(hidden: int, seed: int) -> dict[str, Any]:
         return {"w": weight.astype(np.float32), "b": np.zeros(rows, np.float32)}
 
     # A zero output layer: the initial policy always pushes left and falls in ~10 steps.
-    return {"l1": layer(hidden, 4, 1.0), "l2": layer(hidden, hidden, 1.0),
-            "out": layer(2, hidden, 0.0)}
+    return {
+        "l1": layer(hidden, 4, 1.0),
+        "l2": layer(hidden, hidden, 1.0),
+        "out": layer(2, hidden, 0.0),
+    }
 
 
 def episode_returns(
@@ -101,8 +109,15 @@ def train(
     cls: type[Eggroll], *, hidden: int, popsize: int, generations: int, seed: int, quiet: bool
 ) -> dict[str, Any]:
     """Evolve until the mean policy averages >= 475 on 20 check episodes (or the budget ends)."""
-    es = cls(init_policy(hidden, seed), popsize=popsize, sigma=0.1, learning_rate=0.05,
-             seed=seed, maximize=True, backend="numpy")
+    es = cls(
+        init_policy(hidden, seed),
+        popsize=popsize,
+        sigma=0.1,
+        learning_rate=0.05,
+        seed=seed,
+        maximize=True,
+        backend="numpy",
+    )
     tracemalloc.start()
     times, strategy_times, solved_at = [], [], None
     try:
@@ -159,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         f"at most {args.generations} generations, one episode per member\n"
     )
     results = [
-        train(cls, hidden=args.hidden, popsize=args.popsize, generations=args.generations,
-              seed=args.seed, quiet=args.quiet)
+        train(
+            cls,
+            hidden=args.hidden,
+            popsize=args.popsize,
+            generations=args.generations,
+            seed=args.seed,
+            quiet=args.quiet,
+        )
         for cls in (Eggroll, OpenES)
     ]
     print(
@@ -175,5 +196,3 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("\n(peak memory: Python-side allocations traced by tracemalloc during training)")
     return 0 if all(r["final_return"] > 0 for r in results) else 1
-
-

@@ -110,7 +110,9 @@ def _mulhilo(xp: ModuleType, a: Any, b: Any) -> tuple[Any, Any]:
     return high, a * b
 
 
-def raw_words(backend: Backend, key: np.ndarray, epoch: int, first_block: int, num_blocks: int) -> Any:
+def raw_words(
+    backend: Backend, key: np.ndarray, epoch: int, first_block: int, num_blocks: int
+) -> Any:
     """The words of blocks ``first_block ..`` on ``backend`` (see the module docstring)."""
     if backend.generator == "numpy":
         _check_counter(epoch, first_block, num_blocks)

@@ -78,9 +78,7 @@ def leaf_noise(
     return values.reshape(count, *leaf.shape)
 
 
-def _perturbed(
-    base: Any, leaf: LeafSpec, noise: Any, sign: float, sigma: float, rank: int
-) -> Any:
+def _perturbed(base: Any, leaf: LeafSpec, noise: Any, sign: float, sigma: float, rank: int) -> Any:
     """One member's value of one leaf, from its own slice of the noise."""
     if leaf.kind == "lowrank":
         left, right = noise
@@ -125,7 +123,9 @@ class MemberSpec:
         """+1 or -1 (the antithetic partner of a mirrored pair has -1)."""
         return -1.0 if self.mirrored and self.index % 2 else 1.0
 
-    def params(self, base: Mapping[str, Any], backend: str | Backend | None = None) -> dict[str, Any]:
+    def params(
+        self, base: Mapping[str, Any], backend: str | Backend | None = None
+    ) -> dict[str, Any]:
         """This member's parameter tree, from the base parameters of its generation.
 
         Only this member's noise is generated. ``backend`` defaults to the base's array library.
@@ -357,8 +357,10 @@ class Population(Sequence[Member]):
                 f"got {tuple(x.shape)}."
             )
         batch = x.shape[-2]
-        dense = x @ base.T if shared else (x.reshape(-1, columns) @ base.T).reshape(
-            self._popsize, batch, rows
+        dense = (
+            x @ base.T
+            if shared
+            else (x.reshape(-1, columns) @ base.T).reshape(self._popsize, batch, rows)
         )
         if leaf.kind == "frozen":
             return xp.broadcast_to(dense, (self._popsize, batch, rows)).copy()

@@ -203,7 +203,9 @@ class Eggroll:
             raise ValueError(f"`noise_kinds` names leaves that do not exist: {unknown}.")
         leaves = {}
         for path, value in flat.items():
-            dtype = np.asarray(to_numpy(value)).dtype if not hasattr(value, "dtype") else value.dtype
+            dtype = (
+                np.asarray(to_numpy(value)).dtype if not hasattr(value, "dtype") else value.dtype
+            )
             shape = tuple(int(d) for d in np.shape(value))
             if np.dtype(dtype) not in (np.float32, np.float64):
                 raise TypeError(
@@ -286,7 +288,7 @@ class Eggroll:
     @property
     def num_params(self) -> int:
         """Number of searched (non-frozen) scalars."""
-        return sum(math.prod(l.shape) for l in self._leaves.values() if l.kind != "frozen")
+        return sum(math.prod(leaf.shape) for leaf in self._leaves.values() if leaf.kind != "frozen")
 
     @property
     def optimizer_state(self) -> Any:
@@ -437,7 +439,9 @@ class Eggroll:
         ok = ~np.isnan(values)
         ranked = values[ok]
         best_pos = int(np.argmax(ranked) if self._maximize else np.argmin(ranked))
-        best, worst = (ranked.max(), ranked.min()) if self._maximize else (ranked.min(), ranked.max())
+        best, worst = (
+            (ranked.max(), ranked.min()) if self._maximize else (ranked.min(), ranked.max())
+        )
         finite = ranked[np.isfinite(ranked)]
         return GenerationStats(
             generation=self._generation - 1,
@@ -536,8 +540,8 @@ class Eggroll:
         if data.leaves != mine:
             raise ValueError(
                 f"checkpoint {os.fspath(path)!r} has other leaves than this strategy: "
-                f"{[(l.path, l.shape, l.dtype, l.kind) for l in data.leaves]} vs "
-                f"{[(l.path, l.shape, l.dtype, l.kind) for l in mine]}."
+                f"{[(leaf.path, leaf.shape, leaf.dtype, leaf.kind) for leaf in data.leaves]} vs "
+                f"{[(leaf.path, leaf.shape, leaf.dtype, leaf.kind) for leaf in mine]}."
             )
         if data.config["seed"] != self._seed:
             raise ValueError(

@@ -27,9 +27,9 @@ def flatten(tree: Mapping[str, Any], argument: str = "params") -> dict[str, Any]
     return flat
 
 
-def _walk(tree: Mapping[str, Any], prefix: tuple[str, ...], argument: str) -> Iterator[
-    tuple[str, Any]
-]:
+def _walk(
+    tree: Mapping[str, Any], prefix: tuple[str, ...], argument: str
+) -> Iterator[tuple[str, Any]]:
     if prefix and not tree:
         raise ValueError(
             f"`{argument}` has an empty dict at {SEPARATOR.join(prefix)!r}; remove it or give it "

@@ -225,18 +225,20 @@ def get_optimizer(
     try:
         return OPTIMIZERS[name](learning_rate, weight_decay=weight_decay, **dict(options or {}))
     except TypeError as error:
-        raise TypeError(f"`optimizer_options` {dict(options or {})!r} for {name!r}: {error}") from None
+        raise TypeError(
+            f"`optimizer_options` {dict(options or {})!r} for {name!r}: {error}"
+        ) from None
 
 
 def flatten_state(state: State, prefix: str = "") -> list[tuple[str, Any]]:
     """The leaves of an optimizer state as ``(key path, leaf)`` in a deterministic order."""
     if isinstance(state, Mapping):
-        return [
-            item for key in state for item in flatten_state(state[key], f"{prefix}{key}/")
-        ]
+        return [item for key in state for item in flatten_state(state[key], f"{prefix}{key}/")]
     if isinstance(state, tuple | list):
         return [
-            item for index, inner in enumerate(state) for item in flatten_state(inner, f"{prefix}{index}/")
+            item
+            for index, inner in enumerate(state)
+            for item in flatten_state(inner, f"{prefix}{index}/")
         ]
     return [(prefix.rstrip("/"), state)]
 
@@ -253,7 +255,8 @@ def unflatten_state(template: State, leaves: Mapping[str, Any], prefix: str = ""
         return {key: unflatten_state(template[key], leaves, f"{prefix}{key}/") for key in template}
     if isinstance(template, tuple | list):
         return type(template)(
-            unflatten_state(inner, leaves, f"{prefix}{index}/") for index, inner in enumerate(template)
+            unflatten_state(inner, leaves, f"{prefix}{index}/")
+            for index, inner in enumerate(template)
         )
     value = leaves[prefix.rstrip("/")]
     if isinstance(template, int | np.integer):

@@ -95,8 +95,7 @@ def group_zscore(group_size: int) -> ShapingFunction:
         utility = _finite(utility)
         if utility.shape[0] % group_size:
             raise ValueError(
-                f"`group_size`={group_size} does not divide the population size "
-                f"{utility.shape[0]}."
+                f"`group_size`={group_size} does not divide the population size {utility.shape[0]}."
             )
         groups = utility.reshape(-1, group_size)
         std = groups.std(axis=1, keepdims=True)

@@ -29,7 +29,7 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return make_backend(request.param)
 
 
-def host(value):  # noqa: ANN001, ANN201 - test helper
+def host(value):
     """Host copy of an array of any backend."""
     from eggroll_opt import to_numpy
 

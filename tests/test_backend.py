@@ -19,8 +19,7 @@ def test_auto_picks_numpy_without_a_gpu():
 @pytest.mark.skipif(cupy_available(), reason="a GPU is present")
 def test_cupy_without_a_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="`backend`='cupy' needs CuPy and an NVIDIA GPU"):
-        eo.Eggroll({"w": np.zeros((2, 2))}, popsize=2, sigma=0.1, learning_rate=0.1,
-                   backend="cupy")
+        eo.Eggroll({"w": np.zeros((2, 2))}, popsize=2, sigma=0.1, learning_rate=0.1, backend="cupy")
 
 
 def test_to_numpy_on_trees_and_arrays():
@@ -31,8 +30,14 @@ def test_to_numpy_on_trees_and_arrays():
 
 
 def test_strategy_arrays_live_on_its_backend(backend):
-    es = eo.Eggroll({"w": np.zeros((4, 3), np.float32), "b": [0.0, 1.0]}, popsize=4, sigma=0.1,
-                    learning_rate=0.1, seed=0, backend=backend)
+    es = eo.Eggroll(
+        {"w": np.zeros((4, 3), np.float32), "b": [0.0, 1.0]},
+        popsize=4,
+        sigma=0.1,
+        learning_rate=0.1,
+        seed=0,
+        backend=backend,
+    )
     pop = es.ask()
     assert isinstance(es.params["w"], backend.xp.ndarray)
     assert isinstance(pop[0].params()["b"], backend.xp.ndarray)
@@ -48,9 +53,15 @@ def test_numpy_and_cupy_runs_agree():
         pytest.skip("CuPy with a GPU is not available")
     runs = {}
     for name in ("numpy", "cupy"):
-        es = eo.Eggroll({"w": np.zeros((64, 32), np.float32), "b": np.zeros(64, np.float32)},
-                        popsize=16, sigma=0.1, learning_rate=0.05, seed=0, backend=name,
-                        optimizer="sgd")
+        es = eo.Eggroll(
+            {"w": np.zeros((64, 32), np.float32), "b": np.zeros(64, np.float32)},
+            popsize=16,
+            sigma=0.1,
+            learning_rate=0.05,
+            seed=0,
+            backend=name,
+            optimizer="sgd",
+        )
         for _ in range(5):
             pop = es.ask()
             es.tell(host(((pop.stacked("w") - 1) ** 2).sum(axis=(1, 2))))

@@ -14,11 +14,22 @@ from eggroll_opt import _checkpoint
 
 def _make(cls, backend="numpy", **kwargs):
     rng = np.random.default_rng(0)
-    params = {"layer": {"w": rng.standard_normal((6, 5)).astype(np.float32),
-                        "b": np.zeros(6, np.float32)},
-              "frozen": np.ones(2)}
-    settings = dict(popsize=8, sigma=0.1, learning_rate=0.05, seed=11, backend=backend,
-                    noise_kinds={"frozen": "frozen"}, noise_reuse=3)
+    params = {
+        "layer": {
+            "w": rng.standard_normal((6, 5)).astype(np.float32),
+            "b": np.zeros(6, np.float32),
+        },
+        "frozen": np.ones(2),
+    }
+    settings = dict(
+        popsize=8,
+        sigma=0.1,
+        learning_rate=0.05,
+        seed=11,
+        backend=backend,
+        noise_kinds={"frozen": "frozen"},
+        noise_reuse=3,
+    )
     settings.update(kwargs)
     return cls(params, **settings)
 
@@ -73,16 +84,23 @@ def test_custom_optimizer_must_be_given_again(tmp_path):
     es.save(tmp_path / "o.ckpt")
     with pytest.raises(ValueError, match="pass it again as `optimizer=`"):
         eo.Eggroll.load(tmp_path / "o.ckpt")
-    loaded = eo.Eggroll.load(tmp_path / "o.ckpt", optimizer=eo.optim.momentum(0.01, nesterov=True),
-                             backend="numpy")
+    loaded = eo.Eggroll.load(
+        tmp_path / "o.ckpt", optimizer=eo.optim.momentum(0.01, nesterov=True), backend="numpy"
+    )
     assert loaded.generation == 2
 
 
 def test_restore_refuses_other_leaves_or_seed(tmp_path):
     es = _make(eo.Eggroll)
     es.save(tmp_path / "a.ckpt")
-    different = eo.Eggroll({"w": np.zeros((6, 5), np.float32)}, popsize=8, sigma=0.1,
-                           learning_rate=0.1, seed=11, backend="numpy")
+    different = eo.Eggroll(
+        {"w": np.zeros((6, 5), np.float32)},
+        popsize=8,
+        sigma=0.1,
+        learning_rate=0.1,
+        seed=11,
+        backend="numpy",
+    )
     with pytest.raises(ValueError, match="has other leaves than this strategy"):
         different.restore(tmp_path / "a.ckpt")
     other_seed = _make(eo.Eggroll, seed=12)

@@ -17,8 +17,10 @@ from tests.conftest import host, make_backend
 
 def _strategy(backend, shapes, **kwargs):
     rng = np.random.default_rng(0)
-    params = {name: rng.standard_normal(shape).astype(kwargs.pop(f"{name}_dtype", np.float32))
-              for name, shape in shapes.items()}
+    params = {
+        name: rng.standard_normal(shape).astype(kwargs.pop(f"{name}_dtype", np.float32))
+        for name, shape in shapes.items()
+    }
     settings_ = dict(popsize=6, sigma=0.1, learning_rate=0.1, seed=3, backend=backend)
     settings_.update(kwargs)
     return eo.Eggroll(params, **settings_)
@@ -63,8 +65,15 @@ def test_mirrored_pairs_are_antithetic(backend):
 
 
 def test_ask_allocates_only_factors():
-    es = eo.Eggroll({"w": np.zeros((4096, 4096), np.float32)}, popsize=1024, sigma=0.1,
-                    learning_rate=0.1, rank=1, seed=0, backend="numpy")
+    es = eo.Eggroll(
+        {"w": np.zeros((4096, 4096), np.float32)},
+        popsize=1024,
+        sigma=0.1,
+        learning_rate=0.1,
+        rank=1,
+        seed=0,
+        backend="numpy",
+    )
     tracemalloc.start()
     try:
         pop = es.ask()
@@ -80,8 +89,7 @@ def test_ask_allocates_only_factors():
 
 
 def test_spec_rebuilds_the_member_alone_and_pickles(backend):
-    es = _strategy(backend, {"w": (6, 5), "b": (6,), "s": ()}, rank=2,
-                   noise_kinds={"s": "frozen"})
+    es = _strategy(backend, {"w": (6, 5), "b": (6,), "s": ()}, rank=2, noise_kinds={"s": "frozen"})
     for _ in range(2):
         es.ask()
         es.tell(np.arange(6.0))
@@ -102,8 +110,9 @@ def test_stacked_matches_member_params(backend):
     for name in ("w", "b", "f"):
         stacked = host(pop.stacked(name))
         for i in range(len(pop)):
-            np.testing.assert_allclose(stacked[i], host(pop[i].params()[name]), rtol=1e-5,
-                                       atol=1e-6)
+            np.testing.assert_allclose(
+                stacked[i], host(pop[i].params()[name]), rtol=1e-5, atol=1e-6
+            )
 
 
 @settings(max_examples=40, deadline=None)
@@ -119,15 +128,24 @@ def test_stacked_matches_member_params(backend):
     dtype=st.sampled_from([np.float32, np.float64]),
     backend_name=st.sampled_from(["numpy", "numpy-arrays"]),
 )
-def test_linear_equals_materialised_members(rows, columns, batch, half_popsize, rank, kind,
-                                            mirrored, per_member, dtype, backend_name):
+def test_linear_equals_materialised_members(
+    rows, columns, batch, half_popsize, rank, kind, mirrored, per_member, dtype, backend_name
+):
     rank = min(rank, rows, columns)
     popsize = 2 * half_popsize
     es = eo.Eggroll(
-        {"w": np.random.default_rng(1).standard_normal((rows, columns)).astype(dtype),
-         "other": np.ones(2, dtype)},
-        popsize=popsize, sigma=0.3, learning_rate=0.1, rank=rank, mirrored=mirrored, seed=rows,
-        noise_kinds={"w": kind}, backend=make_backend(backend_name),
+        {
+            "w": np.random.default_rng(1).standard_normal((rows, columns)).astype(dtype),
+            "other": np.ones(2, dtype),
+        },
+        popsize=popsize,
+        sigma=0.3,
+        learning_rate=0.1,
+        rank=rank,
+        mirrored=mirrored,
+        seed=rows,
+        noise_kinds={"w": kind},
+        backend=make_backend(backend_name),
     )
     pop = es.ask()
     rng = np.random.default_rng(2)
@@ -143,8 +161,14 @@ def test_linear_equals_materialised_members(rows, columns, batch, half_popsize, 
 
 
 def test_linear_rejects_bad_shapes():
-    es = eo.Eggroll({"w": np.zeros((3, 4)), "b": np.zeros(3)}, popsize=4, sigma=0.1,
-                    learning_rate=0.1, seed=0, backend="numpy")
+    es = eo.Eggroll(
+        {"w": np.zeros((3, 4)), "b": np.zeros(3)},
+        popsize=4,
+        sigma=0.1,
+        learning_rate=0.1,
+        seed=0,
+        backend="numpy",
+    )
     pop = es.ask()
     with pytest.raises(ValueError, match=r"`x` must have shape \(batch, 4\)"):
         pop.linear("w", np.zeros((2, 3)))

@@ -42,20 +42,28 @@ def test_update_equals_explicit_sum_over_materialised_members(
     rank = min(rank, rows, columns)
     popsize, sigma = 2 * half_popsize, 0.25
     es = eo.Eggroll(
-        {"w": np.random.default_rng(0).standard_normal(shape).astype(dtype),
-         "b": np.zeros(3, dtype)},
-        popsize=popsize, sigma=sigma, rank=rank, learning_rate=1.0, optimizer="sgd",
-        mirrored=mirrored, maximize=maximize, seed=data.draw(st.integers(0, 2**32)),
-        noise_kinds={"w": kind}, backend=make_backend(backend_name),
+        {
+            "w": np.random.default_rng(0).standard_normal(shape).astype(dtype),
+            "b": np.zeros(3, dtype),
+        },
+        popsize=popsize,
+        sigma=sigma,
+        rank=rank,
+        learning_rate=1.0,
+        optimizer="sgd",
+        mirrored=mirrored,
+        maximize=maximize,
+        seed=data.draw(st.integers(0, 2**32)),
+        noise_kinds={"w": kind},
+        backend=make_backend(backend_name),
     )
     pop = es.ask()
-    fitness = np.array(data.draw(st.lists(st.floats(-5, 5), min_size=popsize,
-                                          max_size=popsize)))
+    fitness = np.array(data.draw(st.lists(st.floats(-5, 5), min_size=popsize, max_size=popsize)))
     base = host(es.params)
     z = centered_rank(fitness if maximize else -fitness)
     expected = {
-        name: sum(z[i] * (host(pop[i].params()[name]) - base[name]) / sigma
-                  for i in range(popsize)) / (popsize * sigma)
+        name: sum(z[i] * (host(pop[i].params()[name]) - base[name]) / sigma for i in range(popsize))
+        / (popsize * sigma)
         for name in base
     }
     step = _sgd_step_equals_gradient(es, pop, fitness)
@@ -67,8 +75,15 @@ def test_update_equals_explicit_sum_over_materialised_members(
 
 
 def test_constant_fitness_gives_no_step(backend):
-    es = eo.Eggroll({"w": np.ones((6, 5)), "b": np.ones(6)}, popsize=8, sigma=0.1,
-                    learning_rate=0.1, optimizer="sgd", seed=0, backend=backend)
+    es = eo.Eggroll(
+        {"w": np.ones((6, 5)), "b": np.ones(6)},
+        popsize=8,
+        sigma=0.1,
+        learning_rate=0.1,
+        optimizer="sgd",
+        seed=0,
+        backend=backend,
+    )
     es.ask()
     stats = es.tell(np.full(8, 3.0))
     assert stats.gradient_norm == 0.0
@@ -77,8 +92,16 @@ def test_constant_fitness_gives_no_step(backend):
 
 def test_mirrored_pairs_cancel_for_equal_pair_fitness(backend):
     """Members 2k and 2k+1 with equal fitness contribute nothing, whatever other pairs do."""
-    es = eo.Eggroll({"w": np.zeros((4, 4))}, popsize=8, sigma=0.1, learning_rate=1.0,
-                    optimizer="sgd", seed=1, backend=backend, fitness_shaping="raw")
+    es = eo.Eggroll(
+        {"w": np.zeros((4, 4))},
+        popsize=8,
+        sigma=0.1,
+        learning_rate=1.0,
+        optimizer="sgd",
+        seed=1,
+        backend=backend,
+        fitness_shaping="raw",
+    )
     pop = es.ask()
     fitness = np.array([1.0, 1.0, 5.0, 5.0, -2.0, -2.0, 0.0, 3.0])  # only pair 3 differs
     step = _sgd_step_equals_gradient(es, pop, fitness)["w"]
@@ -90,8 +113,14 @@ def test_mirrored_pairs_cancel_for_equal_pair_fitness(backend):
 def test_update_is_invariant_to_monotone_fitness_transforms(backend):
     steps = []
     for transform in (lambda f: f, lambda f: np.exp(f / 3) + 100):
-        es = eo.Eggroll({"w": np.zeros((5, 3))}, popsize=10, sigma=0.1, learning_rate=0.1,
-                        seed=4, backend=backend)
+        es = eo.Eggroll(
+            {"w": np.zeros((5, 3))},
+            popsize=10,
+            sigma=0.1,
+            learning_rate=0.1,
+            seed=4,
+            backend=backend,
+        )
         pop = es.ask()
         fitness = transform(np.linspace(-3, 3, 10)[::-1])
         steps.append(_sgd_step_equals_gradient(es, pop, fitness)["w"])
@@ -101,24 +130,40 @@ def test_update_is_invariant_to_monotone_fitness_transforms(backend):
 def test_maximize_flips_the_direction():
     steps = {}
     for maximize in (False, True):
-        es = eo.Eggroll({"w": np.zeros((3, 3))}, popsize=6, sigma=0.1, learning_rate=1.0,
-                        optimizer="sgd", maximize=maximize, seed=2, backend="numpy")
+        es = eo.Eggroll(
+            {"w": np.zeros((3, 3))},
+            popsize=6,
+            sigma=0.1,
+            learning_rate=1.0,
+            optimizer="sgd",
+            maximize=maximize,
+            seed=2,
+            backend="numpy",
+        )
         pop = es.ask()
         steps[maximize] = _sgd_step_equals_gradient(es, pop, np.arange(6.0))["w"]
     np.testing.assert_allclose(steps[True], -steps[False])
 
 
 def test_noise_reuse_keeps_noise_for_r_generations():
-    es = eo.Eggroll({"w": np.zeros((4, 3))}, popsize=4, sigma=0.1, learning_rate=0.1,
-                    noise_reuse=3, seed=0, backend="numpy")
+    es = eo.Eggroll(
+        {"w": np.zeros((4, 3))},
+        popsize=4,
+        sigma=0.1,
+        learning_rate=0.1,
+        noise_reuse=3,
+        seed=0,
+        backend="numpy",
+    )
     factors = []
     for _ in range(4):
         factors.append(es.ask().factors("w")[0].copy())
         es.tell(np.arange(4.0))
     np.testing.assert_array_equal(factors[0], factors[2])
     assert not np.array_equal(factors[2], factors[3])
-    fresh = eo.Eggroll({"w": np.zeros((4, 3))}, popsize=4, sigma=0.1, learning_rate=0.1,
-                       seed=0, backend="numpy")
+    fresh = eo.Eggroll(
+        {"w": np.zeros((4, 3))}, popsize=4, sigma=0.1, learning_rate=0.1, seed=0, backend="numpy"
+    )
     first = fresh.ask().factors("w")[0].copy()
     fresh.tell(np.arange(4.0))
     assert not np.array_equal(first, fresh.ask().factors("w")[0])
@@ -126,8 +171,14 @@ def test_noise_reuse_keeps_noise_for_r_generations():
 
 def test_same_seed_same_run_and_different_seed_different_run():
     def run(seed):
-        es = eo.Eggroll({"w": np.zeros((5, 4))}, popsize=8, sigma=0.1, learning_rate=0.1,
-                        seed=seed, backend="numpy")
+        es = eo.Eggroll(
+            {"w": np.zeros((5, 4))},
+            popsize=8,
+            sigma=0.1,
+            learning_rate=0.1,
+            seed=seed,
+            backend="numpy",
+        )
         for _ in range(3):
             pop = es.ask()
             es.tell([float(np.sum(m.params()["w"] ** 2 - m.params()["w"])) for m in pop])
@@ -135,17 +186,35 @@ def test_same_seed_same_run_and_different_seed_different_run():
 
     np.testing.assert_array_equal(run(5), run(5))
     assert not np.array_equal(run(5), run(6))
-    assert eo.Eggroll({"w": np.zeros((2, 2))}, popsize=2, sigma=0.1, learning_rate=0.1,
-                      backend="numpy").seed >= 0
+    assert (
+        eo.Eggroll(
+            {"w": np.zeros((2, 2))}, popsize=2, sigma=0.1, learning_rate=0.1, backend="numpy"
+        ).seed
+        >= 0
+    )
 
 
 def test_nan_ranks_worst_and_inf_at_the_ends():
-    es = eo.Eggroll({"w": np.zeros((3, 2))}, popsize=4, sigma=0.1, learning_rate=1.0,
-                    optimizer="sgd", seed=0, backend="numpy")
+    es = eo.Eggroll(
+        {"w": np.zeros((3, 2))},
+        popsize=4,
+        sigma=0.1,
+        learning_rate=1.0,
+        optimizer="sgd",
+        seed=0,
+        backend="numpy",
+    )
     pop = es.ask()
     step_nan = _sgd_step_equals_gradient(es, pop, [np.nan, 1.0, -np.inf, 2.0])["w"]
-    es2 = eo.Eggroll({"w": np.zeros((3, 2))}, popsize=4, sigma=0.1, learning_rate=1.0,
-                     optimizer="sgd", seed=0, backend="numpy")
+    es2 = eo.Eggroll(
+        {"w": np.zeros((3, 2))},
+        popsize=4,
+        sigma=0.1,
+        learning_rate=1.0,
+        optimizer="sgd",
+        seed=0,
+        backend="numpy",
+    )
     pop2 = es2.ask()
     # Minimizing: -inf is best, NaN worse than anything: same ranks as [9, 1, -9, 2].
     step_ref = _sgd_step_equals_gradient(es2, pop2, [9.0, 1.0, -9.0, 2.0])["w"]
@@ -153,8 +222,15 @@ def test_nan_ranks_worst_and_inf_at_the_ends():
 
 
 def test_stats_report_the_generation():
-    es = eo.Eggroll({"w": np.zeros((3, 2))}, popsize=6, sigma=0.1, learning_rate=0.1,
-                    seed=0, backend="numpy", maximize=True)
+    es = eo.Eggroll(
+        {"w": np.zeros((3, 2))},
+        popsize=6,
+        sigma=0.1,
+        learning_rate=0.1,
+        seed=0,
+        backend="numpy",
+        maximize=True,
+    )
     es.ask()
     stats = es.tell([1.0, np.nan, 7.0, -np.inf, 3.0, 5.0])
     assert (stats.generation, stats.best_fitness, stats.best_index) == (0, 7.0, 2)
@@ -163,11 +239,19 @@ def test_stats_report_the_generation():
     assert es.generation == 1
 
 
-@pytest.mark.parametrize("fitness", [[1, 2, 3, 4], np.array([1, 0, 1, 1], dtype=bool),
-                                     np.arange(4, dtype=np.float32), (0.5, 1.5, 2.5, 3.5)])
+@pytest.mark.parametrize(
+    "fitness",
+    [
+        [1, 2, 3, 4],
+        np.array([1, 0, 1, 1], dtype=bool),
+        np.arange(4, dtype=np.float32),
+        (0.5, 1.5, 2.5, 3.5),
+    ],
+)
 def test_fitness_accepts_real_sequences(fitness):
-    es = eo.Eggroll({"w": np.zeros((2, 2))}, popsize=4, sigma=0.1, learning_rate=0.1, seed=0,
-                    backend="numpy")
+    es = eo.Eggroll(
+        {"w": np.zeros((2, 2))}, popsize=4, sigma=0.1, learning_rate=0.1, seed=0, backend="numpy"
+    )
     es.ask()
     assert es.tell(fitness).generation == 0
 
@@ -186,8 +270,9 @@ def test_fitness_accepts_real_sequences(fitness):
     ],
 )
 def test_bad_fitness_is_refused_clearly(fitness, error, match):
-    es = eo.Eggroll({"w": np.zeros((2, 2))}, popsize=4, sigma=0.1, learning_rate=0.1, seed=0,
-                    backend="numpy")
+    es = eo.Eggroll(
+        {"w": np.zeros((2, 2))}, popsize=4, sigma=0.1, learning_rate=0.1, seed=0, backend="numpy"
+    )
     es.ask()
     with pytest.raises(error, match=match):
         es.tell(fitness)
@@ -196,16 +281,24 @@ def test_bad_fitness_is_refused_clearly(fitness, error, match):
 
 
 def test_nan_policy_raise():
-    es = eo.Eggroll({"w": np.zeros((2, 2))}, popsize=4, sigma=0.1, learning_rate=0.1, seed=0,
-                    backend="numpy", nan_policy="raise")
+    es = eo.Eggroll(
+        {"w": np.zeros((2, 2))},
+        popsize=4,
+        sigma=0.1,
+        learning_rate=0.1,
+        seed=0,
+        backend="numpy",
+        nan_policy="raise",
+    )
     es.ask()
     with pytest.raises(ValueError, match=r"NaN for members \[2\]"):
         es.tell([1.0, 2.0, np.nan, 3.0])
 
 
 def test_ask_tell_order_is_enforced():
-    es = eo.Eggroll({"w": np.zeros((2, 2))}, popsize=4, sigma=0.1, learning_rate=0.1, seed=0,
-                    backend="numpy")
+    es = eo.Eggroll(
+        {"w": np.zeros((2, 2))}, popsize=4, sigma=0.1, learning_rate=0.1, seed=0, backend="numpy"
+    )
     with pytest.raises(eo.AskTellError, match="tell\\(\\) called before ask\\(\\)"):
         es.tell(np.zeros(4))
     es.ask()
@@ -216,8 +309,15 @@ def test_ask_tell_order_is_enforced():
 
 
 def test_shaping_callable_output_is_checked():
-    es = eo.Eggroll({"w": np.zeros((2, 2))}, popsize=4, sigma=0.1, learning_rate=0.1, seed=0,
-                    backend="numpy", fitness_shaping=lambda u: u[:2])
+    es = eo.Eggroll(
+        {"w": np.zeros((2, 2))},
+        popsize=4,
+        sigma=0.1,
+        learning_rate=0.1,
+        seed=0,
+        backend="numpy",
+        fitness_shaping=lambda u: u[:2],
+    )
     es.ask()
     with pytest.raises(ValueError, match="`fitness_shaping` must return 4 finite values"):
         es.tell(np.arange(4.0))
@@ -280,8 +380,14 @@ def test_params_are_copied_and_keep_their_tree():
 
 
 def test_openes_is_eggroll_with_full_noise():
-    es = eo.OpenES({"w": np.zeros((4, 3)), "b": np.zeros(4)}, popsize=4, sigma=0.1,
-                   learning_rate=0.1, seed=0, backend="numpy")
+    es = eo.OpenES(
+        {"w": np.zeros((4, 3)), "b": np.zeros(4)},
+        popsize=4,
+        sigma=0.1,
+        learning_rate=0.1,
+        seed=0,
+        backend="numpy",
+    )
     assert es.noise_kinds == {"w": "full", "b": "full"}
     assert es.ask().factors("w").shape == (2, 4, 3)
     assert isinstance(es, eo.Eggroll)
@@ -290,8 +396,15 @@ def test_openes_is_eggroll_with_full_noise():
 def _parameter_matching(cls, generations, **kwargs):
     rng = np.random.default_rng(0)
     target = rng.standard_normal((64, 64)).astype(np.float32) * 0.5
-    es = cls({"w": np.zeros((64, 64), np.float32)}, popsize=128, sigma=0.05,
-             learning_rate=0.05, seed=1, backend="numpy", **kwargs)
+    es = cls(
+        {"w": np.zeros((64, 64), np.float32)},
+        popsize=128,
+        sigma=0.05,
+        learning_rate=0.05,
+        seed=1,
+        backend="numpy",
+        **kwargs,
+    )
     start = float(np.mean(target**2))
     for _ in range(generations):
         pop = es.ask()
@@ -317,8 +430,9 @@ def test_both_strategies_solve_a_non_differentiable_objective(cls):
     """Count of wrongly signed weights after rounding: a piecewise-constant fitness."""
     rng = np.random.default_rng(3)
     target = np.sign(rng.standard_normal((16, 16)))
-    es = cls({"w": np.zeros((16, 16))}, popsize=64, sigma=0.5, learning_rate=0.1, seed=0,
-             backend="numpy")
+    es = cls(
+        {"w": np.zeros((16, 16))}, popsize=64, sigma=0.5, learning_rate=0.1, seed=0, backend="numpy"
+    )
     for _ in range(100):
         pop = es.ask()
         es.tell(np.sum(np.sign(np.round(pop.stacked("w"), 1)) != target, axis=(1, 2)))
@@ -327,8 +441,15 @@ def test_both_strategies_solve_a_non_differentiable_objective(cls):
 
 
 def test_tell_never_modifies_arrays_the_user_holds():
-    es = eo.Eggroll({"w": np.ones((4, 3)), "b": np.ones(4)}, popsize=4, sigma=0.1,
-                    learning_rate=0.1, seed=0, backend="numpy", weight_decay=0.1)
+    es = eo.Eggroll(
+        {"w": np.ones((4, 3)), "b": np.ones(4)},
+        popsize=4,
+        sigma=0.1,
+        learning_rate=0.1,
+        seed=0,
+        backend="numpy",
+        weight_decay=0.1,
+    )
     held = es.params
     pop = es.ask()
     member = pop[1].params()
