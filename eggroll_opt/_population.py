@@ -284,6 +284,10 @@ class Population(Sequence[Member]):
         self._leaf(path)
         return self._noise.get(path)
 
+    def leaf_shape(self, path: str) -> tuple[int, ...]:
+        """The shape of leaf ``path``."""
+        return self._leaf(path).shape
+
     def spec(self, index: int) -> MemberSpec:
         """The picklable :class:`MemberSpec` of member ``index``."""
         return MemberSpec(
@@ -331,7 +335,10 @@ class Population(Sequence[Member]):
 
     # -- batched forward pass ----------------------------------------------------------------
     def linear(self, path: str, x: Any) -> Any:
-        """``x @ (W + E_i).T`` for every member ``i`` at once, for a 2-D leaf ``W`` (m, n).
+        """``x @ (W + E_i).T`` for every member ``i`` at once, for a leaf ``W`` viewed as (m, n).
+
+        A leaf with more than two dimensions (a convolution kernel) is viewed as
+        ``(shape[0], prod(shape[1:]))``, the same matrix its low-rank noise perturbs.
 
         Args:
             path: the leaf's path (``"layer/weight"``).
@@ -344,11 +351,11 @@ class Population(Sequence[Member]):
             ``s_i sigma / sqrt(r) * (x_i @ B_k) @ A_k.T``, which costs ``O(batch * r * (m + n))``.
         """
         leaf = self._leaf(path)
-        if len(leaf.shape) != 2:
-            raise ValueError(f"`path` {path!r} is not a 2-D leaf (shape {leaf.shape}).")
+        if len(leaf.shape) < 2:
+            raise ValueError(f"`path` {path!r} is not a matrix leaf (shape {leaf.shape}).")
         xp = self._backend.xp
-        base = self._base[path]
-        rows, columns = leaf.shape
+        rows, columns = leaf.matrix_shape
+        base = self._base[path].reshape(rows, columns)
         x = self._backend.asarray(x)
         shared = x.ndim == 2
         if not (shared or (x.ndim == 3 and x.shape[0] == self._popsize)) or x.shape[-1] != columns:
@@ -357,34 +364,37 @@ class Population(Sequence[Member]):
                 f"got {tuple(x.shape)}."
             )
         batch = x.shape[-2]
-        dense = (
-            x @ base.T
-            if shared
-            else (x.reshape(-1, columns) @ base.T).reshape(self._popsize, batch, rows)
-        )
+        popsize, draws, group = self._popsize, self._popsize // self._group, self._group
         if leaf.kind == "frozen":
-            return xp.broadcast_to(dense, (self._popsize, batch, rows)).copy()
-        draws, group = self._popsize // self._group, self._group
-        signs = xp.asarray(self._signs * self._sigma, dtype=dense.dtype).reshape(draws, group, 1, 1)
-        if leaf.kind == "full":
-            eps_t = self._noise[path].transpose(0, 2, 1)  # (K, n, m)
             if shared:
-                correction = (x @ eps_t)[:, None] * signs  # (K, G, batch, m)
-            else:
-                correction = (x.reshape(draws, group * batch, columns) @ eps_t).reshape(
-                    draws, group, batch, rows
-                ) * signs
-            return dense + correction.reshape(self._popsize, batch, rows)
-        left, right = self._noise[path]  # (K, m, r), (K, n, r)
-        if shared:
-            projected = (x @ right)[:, None]  # (K, 1, batch, r)
+                return xp.broadcast_to(x @ base.T, (popsize, batch, rows)).copy()
+            return (x.reshape(-1, columns) @ base.T).reshape(popsize, batch, rows)
+        # The correction of every member, laid out as (K, G·batch, m): member i = k·G + g.
+        signs = xp.asarray(self._signs * self._sigma, dtype=x.dtype).reshape(draws, group, 1, 1)
+        if leaf.kind == "full":
+            eps_t = self._noise[path].reshape(draws, rows, columns).transpose(0, 2, 1)
+            inputs = x if shared else x.reshape(draws, group * batch, columns)
+            correction = (inputs @ eps_t).reshape(draws, -1, batch, rows) * signs
         else:
-            projected = (x.reshape(draws, group * batch, columns) @ right).reshape(
-                draws, group, batch, self._rank
-            )
-        projected = projected * (signs / math.sqrt(self._rank))
-        correction = projected.reshape(draws, group * batch, self._rank) @ left.transpose(0, 2, 1)
-        return dense + correction.reshape(self._popsize, batch, rows)
+            left, right = self._noise[path]  # (K, m, r), (K, n, r)
+            rank = right.shape[2]
+            if shared:  # one GEMM against all K·r columns at once
+                stacked = right.transpose(1, 0, 2).reshape(columns, draws * rank)
+                projected = (x @ stacked).reshape(batch, draws, rank).transpose(1, 0, 2)[:, None]
+            else:
+                projected = (x.reshape(draws, group * batch, columns) @ right).reshape(
+                    draws, group, batch, rank
+                )
+            projected = (projected * (signs / math.sqrt(rank))).reshape(draws, group * batch, rank)
+            left_t = left.transpose(0, 2, 1)  # (K, r, m)
+            # For rank 1 the product is an outer product: broadcasting beats a batched GEMM.
+            correction = projected * left_t if rank == 1 else projected @ left_t
+        correction = correction.reshape(popsize, batch, rows)
+        if shared:
+            correction += x @ base.T  # broadcast over members
+        else:
+            correction += (x.reshape(-1, columns) @ base.T).reshape(popsize, batch, rows)
+        return correction
 
     def _leaf(self, path: str) -> LeafSpec:
         if path not in self._leaves:

@@ -172,7 +172,7 @@ def test_linear_rejects_bad_shapes():
     pop = es.ask()
     with pytest.raises(ValueError, match=r"`x` must have shape \(batch, 4\)"):
         pop.linear("w", np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="is not a 2-D leaf"):
+    with pytest.raises(ValueError, match="is not a matrix leaf"):
         pop.linear("b", np.zeros((2, 3)))
     with pytest.raises(KeyError, match="no leaf 'nope'"):
         pop.linear("nope", np.zeros((2, 4)))

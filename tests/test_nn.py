@@ -1,0 +1,154 @@
+"""Population-batched layers equal per-member evaluation of materialised members."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import eggroll_opt as eo
+from eggroll_opt import nn
+from tests.conftest import host, make_backend
+
+
+def _reference_conv(x, kernel, bias, stride, padding):
+    """Direct loops over output positions: the definition of cross-correlation."""
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    out_c, _, kh, kw = kernel.shape
+    out_h = (x.shape[2] - kh) // stride + 1
+    out_w = (x.shape[3] - kw) // stride + 1
+    out = np.zeros((x.shape[0], out_c, out_h, out_w))
+    for i in range(out_h):
+        for j in range(out_w):
+            window = x[:, :, i * stride : i * stride + kh, j * stride : j * stride + kw]
+            out[:, :, i, j] = np.einsum("bchw,ochw->bo", window, kernel)
+    return out + bias[:, None, None]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    channels=st.integers(1, 3),
+    out_channels=st.integers(1, 4),
+    size=st.integers(3, 7),
+    kernel=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 1),
+    rank=st.integers(1, 2),
+    per_member=st.booleans(),
+    kind=st.sampled_from(["lowrank", "full"]),
+    backend_name=st.sampled_from(["numpy", "numpy-arrays"]),
+)
+def test_population_conv2d_equals_each_member(
+    channels, out_channels, size, kernel, stride, padding, rank, per_member, kind, backend_name
+):
+    rng = np.random.default_rng(size)
+    params = {
+        "conv": {
+            "w": rng.standard_normal((out_channels, channels, kernel, kernel)),
+            "b": rng.standard_normal(out_channels),
+        }
+    }
+    rank = min(rank, out_channels, channels * kernel * kernel)
+    es = eo.Eggroll(
+        params,
+        popsize=4,
+        sigma=0.2,
+        learning_rate=0.1,
+        rank=rank,
+        seed=1,
+        noise_kinds={"conv/w": kind},
+        backend=make_backend(backend_name),
+    )
+    pop = es.ask()
+    x = rng.standard_normal(
+        (4, 2, channels, size, size) if per_member else (2, channels, size, size)
+    )
+    out = host(nn.PopulationLayers(pop).conv2d("conv", x, stride=stride, padding=padding))
+    for i in range(4):
+        member = host(pop[i].params())["conv"]
+        member_x = x[i] if per_member else x
+        expected = _reference_conv(member_x, member["w"], member["b"], stride, padding)
+        np.testing.assert_allclose(out[i], expected, rtol=1e-9, atol=1e-9)
+        single = host(
+            nn.ParamsLayers(pop[i].params()).conv2d(
+                "conv", member_x, stride=stride, padding=padding
+            )
+        )
+        np.testing.assert_allclose(single, expected, rtol=1e-9, atol=1e-9)
+
+
+def _cnn(layers, x):
+    h = nn.relu(layers.conv2d("c1", x, padding=1))
+    h = nn.max_pool2d(h, 2)
+    h = nn.tanh(layers.conv2d("c2", h, stride=2))
+    h = layers.flatten(h)
+    return layers.dense("out", nn.relu(layers.dense("fc", h)))
+
+
+def test_a_small_cnn_written_once_runs_for_the_population_and_for_one_member(backend):
+    rng = np.random.default_rng(0)
+    params = {
+        "c1": {
+            "w": rng.standard_normal((4, 1, 3, 3)).astype(np.float32) * 0.3,
+            "b": np.zeros(4, np.float32),
+        },
+        "c2": {
+            "w": rng.standard_normal((6, 4, 3, 3)).astype(np.float32) * 0.3,
+            "b": np.zeros(6, np.float32),
+        },
+        "fc": {
+            "w": rng.standard_normal((16, 24)).astype(np.float32) * 0.3,
+            "b": np.zeros(16, np.float32),
+        },
+        "out": {"w": rng.standard_normal((3, 16)).astype(np.float32) * 0.3},
+    }
+    es = eo.Eggroll(params, popsize=6, sigma=0.1, learning_rate=0.1, seed=2, backend=backend)
+    pop = es.ask()
+    x = backend.xp.asarray(rng.standard_normal((5, 1, 10, 10)), dtype=np.float32)
+    logits = host(_cnn(nn.PopulationLayers(pop), x))
+    assert logits.shape == (6, 5, 3)
+    for i in range(6):
+        single = host(_cnn(nn.ParamsLayers(pop[i].params()), x))
+        np.testing.assert_allclose(logits[i], single, rtol=1e-4, atol=1e-5)
+    labels = np.array([0, 1, 2, 0, 1])
+    losses = host(nn.cross_entropy(backend.xp.asarray(logits), labels))
+    accuracies = host(nn.accuracy(backend.xp.asarray(logits), labels))
+    assert losses.shape == (6,) and accuracies.shape == (6,)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    np.testing.assert_allclose(losses, -log_probs[:, np.arange(5), labels].mean(-1), rtol=1e-5)
+
+
+def test_activations_and_pooling():
+    x = np.array([[-1.0, 2.0], [3.0, -4.0]])
+    np.testing.assert_array_equal(nn.relu(x), [[0, 2], [3, 0]])
+    np.testing.assert_allclose(nn.sigmoid(x), 1 / (1 + np.exp(-x)))
+    np.testing.assert_allclose(nn.softmax(x).sum(-1), 1.0)
+    np.testing.assert_allclose(nn.log_softmax(np.array([1000.0, 0.0])), [0.0, -1000.0])
+    grid = np.arange(16.0).reshape(1, 1, 4, 4)
+    np.testing.assert_array_equal(nn.max_pool2d(grid, 2)[0, 0], [[5, 7], [13, 15]])
+    np.testing.assert_array_equal(nn.avg_pool2d(grid, 2)[0, 0], [[2.5, 4.5], [10.5, 12.5]])
+    with pytest.raises(ValueError, match="`size` must be a positive int"):
+        nn.max_pool2d(grid, 0)
+
+
+def test_layer_errors_name_the_problem():
+    es = eo.Eggroll(
+        {"c": {"w": np.zeros((2, 3, 3, 3))}, "d": {"w": np.zeros((2, 4))}},
+        popsize=2,
+        sigma=0.1,
+        learning_rate=0.1,
+        seed=0,
+        backend="numpy",
+    )
+    layers = nn.PopulationLayers(es.ask())
+    with pytest.raises(ValueError, match="expects 3 input channels"):
+        layers.conv2d("c", np.zeros((1, 2, 5, 5)))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        layers.conv2d("c", np.zeros((1, 3, 2, 2)))
+    with pytest.raises(ValueError, match="must be a conv kernel"):
+        layers.conv2d("d", np.zeros((1, 3, 5, 5)))
+    with pytest.raises(ValueError, match="leading member axis of 2"):
+        layers.dense("d", np.zeros((3, 1, 4)))
+    with pytest.raises(KeyError, match="no leaf 'e/w'"):
+        nn.ParamsLayers(es.params).dense("e", np.zeros((1, 4)))
