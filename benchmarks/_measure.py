@@ -82,3 +82,18 @@ def machine() -> dict[str, Any]:
     except ImportError:
         info["blas"] = "threadpoolctl not installed"
     return info
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line for a report: CPUs, versions and BLAS threads of :func:`machine`."""
+    blas = info["blas"]
+    if isinstance(blas, list):
+        blas = ", ".join(
+            f"{pool['internal_api']} {pool['version']} ({pool['num_threads']} threads)"
+            for pool in blas
+        )
+    threads = info["env_threads"] or "no thread variables set"
+    return (
+        f"{info['cpus']} CPUs ({info['machine']}), Python {info['python']}, NumPy "
+        f"{info['numpy']}, BLAS: {blas}; {threads}"
+    )

@@ -25,7 +25,7 @@ import numpy as np
 import eggroll_opt as eo
 from eggroll_opt._backend import get_backend
 
-from ._measure import machine, peak_bytes, synchronize, time_call
+from ._measure import describe, machine, peak_bytes, synchronize, time_call
 
 MB = 2**20
 
@@ -201,12 +201,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {check['check']} | {check['value']:.2f} | {check['target']} | "
             f"{'yes' if check['met'] else 'NO'} |"
         )
-    threads = result["machine"]
-    lines += [
-        "",
-        f"Machine: {threads['cpus']} CPUs, numpy {threads['numpy']}, BLAS "
-        f"{threads['blas']}, thread variables {threads['env_threads'] or 'unset'}.",
-    ]
+    lines += ["", f"Machine: {describe(result['machine'])}."]
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ Example:
 
 from typing import Any
 
-from . import optim, shaping
+from . import nn, optim, shaping
 from ._backend import cupy_available
 from ._backend import to_numpy as _to_numpy
 from ._population import LeafSpec, Member, MemberSpec, Population
@@ -32,6 +32,7 @@ __all__ = [
     "Population",
     "__version__",
     "cupy_available",
+    "nn",
     "optim",
     "shaping",
     "to_numpy",

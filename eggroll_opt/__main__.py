@@ -1,10 +1,14 @@
-"""Command line: ``python -m eggroll_opt demo [--help]``."""
+"""Command line: ``python -m eggroll_opt demo|bench [--help]``."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m eggroll_opt demo [options]   (add --help for the options)"
+USAGE = (
+    "usage: python -m eggroll_opt {demo,bench} [options]   (add --help for the options)\n"
+    "  demo   evolve a CartPole-v1 policy with Eggroll and OpenES\n"
+    "  bench  the benchmark tables (time, memory, scaling, convergence) on this machine"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +22,13 @@ def main(argv: list[str] | None = None) -> int:
         from ._demo import main as demo
 
         return demo(rest)
+    if command == "bench":
+        try:
+            from .benchmarks import bench
+        except ImportError:  # running from a source tree without installing
+            from benchmarks import bench
+
+        return bench.main(rest)
     print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 
