@@ -206,8 +206,10 @@ class Population(Sequence[Member]):
         sigma: float,
         rank: int,
         mirrored: bool,
+        first: int = 0,
     ) -> None:
         self._backend = backend
+        self._first = first
         self._leaves = dict(leaves)
         self._base = dict(base)
         self._noise = dict(noise)
@@ -260,6 +262,57 @@ class Population(Sequence[Member]):
         return self._generation
 
     @property
+    def first(self) -> int:
+        """Index in the whole generation of this population's member 0 (see :meth:`split`)."""
+        return self._first
+
+    def split(self, size: int) -> list[Population]:
+        """Consecutive sub-populations of at most ``size`` members, sharing this one's noise.
+
+        Evaluate a large population in parts to bound the memory of a forward pass; give
+        ``tell`` the concatenated fitness in the original order. ``size`` must be even with
+        mirrored sampling (pairs stay together).
+
+        Example:
+            >>> import numpy as np, eggroll_opt as eo
+            >>> es = eo.Eggroll({"w": np.zeros((3, 2))}, popsize=10, sigma=0.1,
+            ...                 learning_rate=0.1, seed=0, backend="numpy")
+            >>> [(part.first, len(part)) for part in es.ask().split(4)]
+            [(0, 4), (4, 4), (8, 2)]
+        """
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+            raise ValueError(f"`size` must be a positive int, got {size!r}.")
+        if size % self._group:
+            raise ValueError(f"`size` must be even with mirrored sampling, got {size}.")
+        parts = []
+        for start in range(0, self._popsize, size):
+            stop = min(start + size, self._popsize)
+            low, high = start // self._group, stop // self._group
+            noise = {
+                path: tuple(part[low:high] for part in value)
+                if isinstance(value, tuple)
+                else value[low:high]
+                for path, value in self._noise.items()
+            }
+            parts.append(
+                Population(
+                    backend=self._backend,
+                    leaves=self._leaves,
+                    base=self._base,
+                    noise=noise,
+                    seed=self._seed,
+                    generation=self._generation,
+                    epoch=self._epoch,
+                    popsize=stop - start,
+                    sigma=self._sigma,
+                    rank=self._rank,
+                    mirrored=self._mirrored,
+                    first=self._first + start,
+                )
+            )
+        return parts
+
+    @property
     def backend(self) -> str:
         """``"numpy"`` or ``"cupy"``."""
         return self._backend.name
@@ -294,7 +347,7 @@ class Population(Sequence[Member]):
             seed=self._seed,
             generation=self._generation,
             epoch=self._epoch,
-            index=self[index].index,
+            index=self._first + self[index].index,
             sigma=self._sigma,
             rank=self._rank,
             mirrored=self._mirrored,

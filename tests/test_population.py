@@ -176,3 +176,20 @@ def test_linear_rejects_bad_shapes():
         pop.linear("b", np.zeros((2, 3)))
     with pytest.raises(KeyError, match="no leaf 'nope'"):
         pop.linear("nope", np.zeros((2, 4)))
+
+
+def test_split_parts_match_the_whole_population(backend):
+    es = _strategy(backend, {"w": (5, 4), "b": (5,)}, popsize=10)
+    pop = es.ask()
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    whole = host(pop.linear("w", x))
+    parts = pop.split(4)
+    assert [(p.first, len(p)) for p in parts] == [(0, 4), (4, 4), (8, 2)]
+    joined = np.concatenate([host(p.linear("w", x)) for p in parts])
+    np.testing.assert_allclose(joined, whole, rtol=1e-6)
+    assert parts[1][1].spec.index == 5 and parts[1][1].spec.sign == -1.0
+    np.testing.assert_allclose(host(parts[2][1].params()["b"]), host(pop[9].params()["b"]))
+    with pytest.raises(ValueError, match="`size` must be even"):
+        pop.split(3)
+    with pytest.raises(ValueError, match="`size` must be a positive int"):
+        pop.split(0)
