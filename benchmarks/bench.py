@@ -117,6 +117,46 @@ def _measure(workload: Workload, which: str, repeats: int) -> dict[str, Any]:
     return {"seconds": timing, "peak_bytes": peak}
 
 
+def _config_row(
+    section: str,
+    cls: type[eo.Eggroll],
+    width: int,
+    popsize: int,
+    backend: Backend,
+    repeats: int,
+    memory_cap: float,
+    strategy_work: bool,
+) -> dict[str, Any]:
+    """Measure one (strategy, width, popsize), or say what it would need above the cap."""
+    params = DEPTH * (width * width + width)
+    predicted = predicted_peak_bytes(cls.__name__, params, popsize, width)
+    row: dict[str, Any] = {
+        "strategy": cls.__name__,
+        "params": params,
+        "width": width,
+        "popsize": popsize,
+        "predicted_peak_bytes": predicted,
+    }
+    label = f"  {section}: {cls.__name__} {params / 1e6:.1f}M N={popsize}"
+    if predicted > memory_cap:
+        row["skipped"] = f"needs about {predicted / GB:.1f} GB > cap {memory_cap / GB:.0f} GB"
+        print(f"{label}: {row['skipped']}", flush=True)
+        return row
+    workload = Workload(cls, width, popsize, backend)
+    slow = cls is eo.OpenES or params > 5e7
+    reps = max(2, repeats // 3) if slow else repeats
+    if strategy_work:
+        row["strategy_work"] = _measure(workload, "strategy_work", reps)
+    row["generation"] = _measure(workload, "generation", reps)
+    generation = row["generation"]
+    print(
+        f"{label}: generation {generation['seconds']['median']:.3f} s, peak "
+        f"{generation['peak_bytes'] / MB:.0f} MB",
+        flush=True,
+    )
+    return row
+
+
 def section_scale(
     backend: Backend,
     widths: list[int],
@@ -125,42 +165,13 @@ def section_scale(
     memory_cap: float,
     big_popsize: int | None,
 ) -> list[dict[str, Any]]:
-    rows = []
     configs = [(cls, width, popsize) for width in widths for cls in (eo.Eggroll, eo.OpenES)]
     if big_popsize:
         configs.append((eo.Eggroll, widths[-1], big_popsize))
-    for cls, width, size in configs:
-        params = DEPTH * (width * width + width)
-        predicted = predicted_peak_bytes(cls.__name__, params, size, width)
-        row: dict[str, Any] = {
-            "strategy": cls.__name__,
-            "params": params,
-            "width": width,
-            "popsize": size,
-            "predicted_peak_bytes": predicted,
-        }
-        if predicted > memory_cap:
-            row["skipped"] = f"needs about {predicted / GB:.1f} GB > cap {memory_cap / GB:.0f} GB"
-            rows.append(row)
-            print(
-                f"  scale: {cls.__name__} {params / 1e6:.1f}M N={size}: {row['skipped']}",
-                flush=True,
-            )
-            continue
-        workload = Workload(cls, width, size, backend)
-        slow = cls is eo.OpenES or params > 5e7
-        reps = max(2, repeats // 3) if slow else repeats
-        row["strategy_work"] = _measure(workload, "strategy_work", reps)
-        row["generation"] = _measure(workload, "generation", reps)
-        del workload
-        rows.append(row)
-        print(
-            f"  scale: {cls.__name__} {params / 1e6:.1f}M N={size}: generation "
-            f"{row['generation']['seconds']['median']:.3f} s, peak "
-            f"{row['generation']['peak_bytes'] / MB:.0f} MB",
-            flush=True,
-        )
-    return rows
+    return [
+        _config_row("scale", cls, width, size, backend, repeats, memory_cap, True)
+        for cls, width, size in configs
+    ]
 
 
 def section_popsize(
@@ -171,33 +182,12 @@ def section_popsize(
     repeats: int,
     memory_cap: float,
 ) -> list[dict[str, Any]]:
-    rows = []
-    for size in sizes + eggroll_only:
-        for cls in (eo.Eggroll, eo.OpenES):
-            if cls is eo.OpenES and size in eggroll_only:
-                continue
-            params = DEPTH * (width * width + width)
-            predicted = predicted_peak_bytes(cls.__name__, params, size, width)
-            row: dict[str, Any] = {
-                "strategy": cls.__name__,
-                "popsize": size,
-                "params": params,
-                "predicted_peak_bytes": predicted,
-            }
-            if predicted > memory_cap:
-                row["skipped"] = f"needs about {predicted / GB:.1f} GB"
-                rows.append(row)
-                continue
-            workload = Workload(cls, width, size, backend)
-            reps = max(2, repeats // 3) if cls is eo.OpenES else repeats
-            row["generation"] = _measure(workload, "generation", reps)
-            rows.append(row)
-            print(
-                f"  popsize: {cls.__name__} N={size}: "
-                f"{row['generation']['seconds']['median']:.3f} s",
-                flush=True,
-            )
-    return rows
+    configs = [(cls, size) for size in sizes for cls in (eo.Eggroll, eo.OpenES)]
+    configs += [(eo.Eggroll, size) for size in eggroll_only]
+    return [
+        _config_row("popsize", cls, width, size, backend, repeats, memory_cap, False)
+        for cls, size in configs
+    ]
 
 
 # -- the matching task: a student reproduces a teacher's outputs -------------------------------

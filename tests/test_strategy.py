@@ -14,6 +14,13 @@ from eggroll_opt.shaping import centered_rank
 from tests.conftest import host, make_backend
 
 
+def _small(params=None, **overrides):
+    """A tiny NumPy strategy: popsize 4, sigma 0.1, learning rate 0.1, seed 0, unless told."""
+    settings = dict(popsize=4, sigma=0.1, learning_rate=0.1, seed=0, backend="numpy")
+    settings.update(overrides)
+    return eo.Eggroll({"w": np.zeros((2, 2))} if params is None else params, **settings)
+
+
 def _sgd_step_equals_gradient(es, pop, fitness):
     """With sgd(learning_rate=1) the step is exactly the ascent estimate g."""
     before = host(es.params)
@@ -75,14 +82,8 @@ def test_update_equals_explicit_sum_over_materialised_members(
 
 
 def test_constant_fitness_gives_no_step(backend):
-    es = eo.Eggroll(
-        {"w": np.ones((6, 5)), "b": np.ones(6)},
-        popsize=8,
-        sigma=0.1,
-        learning_rate=0.1,
-        optimizer="sgd",
-        seed=0,
-        backend=backend,
+    es = _small(
+        {"w": np.ones((6, 5)), "b": np.ones(6)}, popsize=8, optimizer="sgd", backend=backend
     )
     es.ask()
     stats = es.tell(np.full(8, 3.0))
@@ -92,10 +93,9 @@ def test_constant_fitness_gives_no_step(backend):
 
 def test_mirrored_pairs_cancel_for_equal_pair_fitness(backend):
     """Members 2k and 2k+1 with equal fitness contribute nothing, whatever other pairs do."""
-    es = eo.Eggroll(
+    es = _small(
         {"w": np.zeros((4, 4))},
         popsize=8,
-        sigma=0.1,
         learning_rate=1.0,
         optimizer="sgd",
         seed=1,
@@ -113,14 +113,7 @@ def test_mirrored_pairs_cancel_for_equal_pair_fitness(backend):
 def test_update_is_invariant_to_monotone_fitness_transforms(backend):
     steps = []
     for transform in (lambda f: f, lambda f: np.exp(f / 3) + 100):
-        es = eo.Eggroll(
-            {"w": np.zeros((5, 3))},
-            popsize=10,
-            sigma=0.1,
-            learning_rate=0.1,
-            seed=4,
-            backend=backend,
-        )
+        es = _small({"w": np.zeros((5, 3))}, popsize=10, seed=4, backend=backend)
         pop = es.ask()
         fitness = transform(np.linspace(-3, 3, 10)[::-1])
         steps.append(_sgd_step_equals_gradient(es, pop, fitness)["w"])
@@ -130,15 +123,13 @@ def test_update_is_invariant_to_monotone_fitness_transforms(backend):
 def test_maximize_flips_the_direction():
     steps = {}
     for maximize in (False, True):
-        es = eo.Eggroll(
+        es = _small(
             {"w": np.zeros((3, 3))},
             popsize=6,
-            sigma=0.1,
             learning_rate=1.0,
             optimizer="sgd",
             maximize=maximize,
             seed=2,
-            backend="numpy",
         )
         pop = es.ask()
         steps[maximize] = _sgd_step_equals_gradient(es, pop, np.arange(6.0))["w"]
@@ -146,15 +137,7 @@ def test_maximize_flips_the_direction():
 
 
 def test_noise_reuse_keeps_noise_for_r_generations():
-    es = eo.Eggroll(
-        {"w": np.zeros((4, 3))},
-        popsize=4,
-        sigma=0.1,
-        learning_rate=0.1,
-        noise_reuse=3,
-        seed=0,
-        backend="numpy",
-    )
+    es = _small({"w": np.zeros((4, 3))}, noise_reuse=3)
     factors = []
     for _ in range(4):
         factors.append(es.ask().factors("w")[0].copy())
@@ -171,14 +154,7 @@ def test_noise_reuse_keeps_noise_for_r_generations():
 
 def test_same_seed_same_run_and_different_seed_different_run():
     def run(seed):
-        es = eo.Eggroll(
-            {"w": np.zeros((5, 4))},
-            popsize=8,
-            sigma=0.1,
-            learning_rate=0.1,
-            seed=seed,
-            backend="numpy",
-        )
+        es = _small({"w": np.zeros((5, 4))}, popsize=8, seed=seed)
         for _ in range(3):
             pop = es.ask()
             es.tell([float(np.sum(m.params()["w"] ** 2 - m.params()["w"])) for m in pop])
@@ -195,26 +171,10 @@ def test_same_seed_same_run_and_different_seed_different_run():
 
 
 def test_nan_ranks_worst_and_inf_at_the_ends():
-    es = eo.Eggroll(
-        {"w": np.zeros((3, 2))},
-        popsize=4,
-        sigma=0.1,
-        learning_rate=1.0,
-        optimizer="sgd",
-        seed=0,
-        backend="numpy",
-    )
+    es = _small({"w": np.zeros((3, 2))}, learning_rate=1.0, optimizer="sgd")
     pop = es.ask()
     step_nan = _sgd_step_equals_gradient(es, pop, [np.nan, 1.0, -np.inf, 2.0])["w"]
-    es2 = eo.Eggroll(
-        {"w": np.zeros((3, 2))},
-        popsize=4,
-        sigma=0.1,
-        learning_rate=1.0,
-        optimizer="sgd",
-        seed=0,
-        backend="numpy",
-    )
+    es2 = _small({"w": np.zeros((3, 2))}, learning_rate=1.0, optimizer="sgd")
     pop2 = es2.ask()
     # Minimizing: -inf is best, NaN worse than anything: same ranks as [9, 1, -9, 2].
     step_ref = _sgd_step_equals_gradient(es2, pop2, [9.0, 1.0, -9.0, 2.0])["w"]
@@ -222,15 +182,7 @@ def test_nan_ranks_worst_and_inf_at_the_ends():
 
 
 def test_stats_report_the_generation():
-    es = eo.Eggroll(
-        {"w": np.zeros((3, 2))},
-        popsize=6,
-        sigma=0.1,
-        learning_rate=0.1,
-        seed=0,
-        backend="numpy",
-        maximize=True,
-    )
+    es = _small({"w": np.zeros((3, 2))}, popsize=6, maximize=True)
     es.ask()
     stats = es.tell([1.0, np.nan, 7.0, -np.inf, 3.0, 5.0])
     assert (stats.generation, stats.best_fitness, stats.best_index) == (0, 7.0, 2)
@@ -281,15 +233,7 @@ def test_bad_fitness_is_refused_clearly(fitness, error, match):
 
 
 def test_nan_policy_raise():
-    es = eo.Eggroll(
-        {"w": np.zeros((2, 2))},
-        popsize=4,
-        sigma=0.1,
-        learning_rate=0.1,
-        seed=0,
-        backend="numpy",
-        nan_policy="raise",
-    )
+    es = _small({"w": np.zeros((2, 2))}, nan_policy="raise")
     es.ask()
     with pytest.raises(ValueError, match=r"NaN for members \[2\]"):
         es.tell([1.0, 2.0, np.nan, 3.0])
@@ -309,15 +253,7 @@ def test_ask_tell_order_is_enforced():
 
 
 def test_shaping_callable_output_is_checked():
-    es = eo.Eggroll(
-        {"w": np.zeros((2, 2))},
-        popsize=4,
-        sigma=0.1,
-        learning_rate=0.1,
-        seed=0,
-        backend="numpy",
-        fitness_shaping=lambda u: u[:2],
-    )
+    es = _small({"w": np.zeros((2, 2))}, fitness_shaping=lambda u: u[:2])
     es.ask()
     with pytest.raises(ValueError, match="`fitness_shaping` must return 4 finite values"):
         es.tell(np.arange(4.0))
@@ -441,15 +377,7 @@ def test_both_strategies_solve_a_non_differentiable_objective(cls):
 
 
 def test_tell_never_modifies_arrays_the_user_holds():
-    es = eo.Eggroll(
-        {"w": np.ones((4, 3)), "b": np.ones(4)},
-        popsize=4,
-        sigma=0.1,
-        learning_rate=0.1,
-        seed=0,
-        backend="numpy",
-        weight_decay=0.1,
-    )
+    es = _small({"w": np.ones((4, 3)), "b": np.ones(4)}, weight_decay=0.1)
     held = es.params
     pop = es.ask()
     member = pop[1].params()
