@@ -13,6 +13,8 @@ Sections (each a table in the report, every row also in the JSON file):
   seconds to reach 10% of the initial loss for EGGROLL r=1, r=2, OpenES and gradient descent.
 * ``forward``: the population forward pass against plain batch inference (one GEMM per layer
   on popsize x batch inputs) at 1024 x 1024 layers.
+* ``peers``: EGGROLL beside evosax's OpenES and eggroll-trainer on one task, when those are
+  installed (see ``docs/peers.md``; :mod:`benchmarks.peers`).
 
 Timings: warm-up, then repeats; medians with min-max. Peak memory: tracemalloc (NumPy) or the
 CuPy pool's growth. Ratios are taken between rows of the same run.
@@ -35,6 +37,7 @@ from eggroll_opt import nn
 from eggroll_opt._backend import Backend, get_backend
 
 from ._measure import describe, machine, peak_bytes, synchronize, time_call
+from .peers import markdown_peers, section_peers
 
 GB = 2**30
 MB = 2**20
@@ -478,6 +481,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {row['method']} | {gens} | {secs} | {row['final_loss_fraction']:.3f} |"
             )
         lines.append("")
+    if result["sections"].get("peers"):
+        lines += [markdown_peers(result["sections"]["peers"]), ""]
     forward = result["sections"].get("forward", [])
     if forward:
         lines += [
@@ -565,13 +570,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sections",
-        default="scale,popsize,rank,convergence,forward",
-        help="comma-separated subset of the sections",
+        default=None,
+        help="comma-separated subset of scale,popsize,rank,convergence,forward,peers "
+        "(default: all; --quick leaves out peers)",
     )
     args = parser.parse_args(argv)
     backend = get_backend(args.backend)
     cap = args.memory_cap_gb * GB
-    wanted = set(args.sections.split(","))
+    all_sections = "scale,popsize,rank,convergence,forward" + ("" if args.quick else ",peers")
+    wanted = set((args.sections or all_sections).split(","))
     start = time.perf_counter()
     sections: dict[str, Any] = {}
     quick = args.quick
@@ -606,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         sections["forward"] = section_forward(
             backend, 256 if quick else 1024, 64 if quick else 256, 8, 3 if quick else 7
         )
+    if "peers" in wanted:
+        sections["peers"] = section_peers(quick)
     result = {
         "backend": backend.name,
         "mode": "quick" if quick else "full",
