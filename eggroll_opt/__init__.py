@@ -15,6 +15,18 @@ from typing import Any
 from . import nn, optim, shaping
 from ._backend import cupy_available
 from ._backend import to_numpy as _to_numpy
+from ._evaluate import (
+    Broadcast,
+    Evaluation,
+    EvaluationError,
+    GenerationReport,
+    MemberFailure,
+    OptimizeResult,
+    ProcessPool,
+    RemoteExecutor,
+    evaluate,
+    optimize,
+)
 from ._population import LeafSpec, Member, MemberSpec, Population
 from ._strategy import AskTellError, Eggroll, GenerationStats, OpenES
 from ._tree import tree_map
@@ -23,17 +35,27 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AskTellError",
+    "Broadcast",
     "Eggroll",
+    "Evaluation",
+    "EvaluationError",
+    "GenerationReport",
     "GenerationStats",
     "LeafSpec",
     "Member",
+    "MemberFailure",
     "MemberSpec",
     "OpenES",
+    "OptimizeResult",
     "Population",
+    "ProcessPool",
+    "RemoteExecutor",
     "__version__",
     "cupy_available",
+    "evaluate",
     "nn",
     "optim",
+    "optimize",
     "shaping",
     "to_numpy",
 ]

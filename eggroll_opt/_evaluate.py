@@ -1,0 +1,1243 @@
+"""Evaluate a population anywhere, and the ask/evaluate/tell loop.
+
+:func:`evaluate` gives every member of a population exactly one fitness value or one recorded
+failure, in process (optionally with a vectorised fitness that takes the whole
+:class:`~eggroll_opt.Population`), on any :class:`concurrent.futures.Executor` (threads, a process
+pool), or on a :class:`RemoteExecutor` such as :class:`ProcessPool` or the Dask adapter
+``eggroll_opt.integrations.dask.DaskExecutor``. :func:`optimize` runs ask, evaluate and tell for a
+number of generations, with a progress bar, callbacks, early stopping and checkpoints.
+
+What travels (an executor other than in-process):
+
+* once per generation, a *broadcast*: the base parameters as host (NumPy) arrays, the fitness
+  function and one template :class:`~eggroll_opt.MemberSpec`; a process pool receives it once per
+  task, and there is one task per worker (``chunks_per_worker=1``); Dask fetches it once per
+  worker; threads share it;
+* per task, a chunk of member indices (a ``range`` for the contiguous chunks of a generation);
+* back, one float per member plus a short record per failed member.
+
+Each worker copies the base once per generation (aligned, writable, C-ordered) and rebuilds its
+members from it, generating each leaf's noise once per block of members.
+
+Accounting (every executor): a member's fitness is recorded at most once per generation (the
+first result wins, later ones are counted in :attr:`Evaluation.duplicates` and ignored). A task
+whose worker died is retried in three steps, so that a member that kills its worker is found
+and the others complete:
+
+1. a lost chunk is split: its members are resubmitted one per task, a few tasks at a time;
+2. a member whose single-member task is lost again is queued to run *alone* (nothing else of
+   the generation in flight), where a lost worker can be blamed on it;
+3. a member that loses its worker while running alone more than ``max_retries`` times is
+   reported failed with reason ``"worker_lost"``.
+
+Steps 1 and 2 happen at most once per member; an engine that retries lost tasks itself (Dask's
+``allowed-failures``) reports how many attempts one loss stands for, and they count against the
+same budget, so retries are never multiplied.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import math
+import numbers
+import os
+import pickle
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ._backend import Backend, to_numpy
+from ._population import MemberSpec, Population, _perturbed, leaf_noise
+from ._strategy import Eggroll, GenerationStats
+from ._tree import flatten, unflatten
+
+FailureReason = Literal["raised", "invalid", "worker_lost", "data_lost", "timeout"]
+FailureKind = Literal["worker_lost", "data_lost", "error"]
+FAILURE_POLICIES = ("worst", "raise")
+_NAMED_EXECUTORS = ("threads", "processes")
+# Normals generated at once per block of members on a worker (bounds temporary memory).
+_BLOCK_NORMALS = 1 << 22
+
+
+# -- results -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemberFailure:
+    """Why one member has no fitness value.
+
+    Attributes:
+        index: the member's position in the population.
+        reason: ``"raised"`` (the fitness function raised), ``"invalid"`` (it returned something
+            that is not one real number), ``"worker_lost"`` (its worker died every time it ran
+            the member alone), ``"data_lost"`` (the broadcast could not be delivered) or
+            ``"timeout"`` (the generation's deadline passed first).
+        message: one line, ``"ExceptionType: text"`` for a raised error.
+        traceback: the formatted traceback where the error was raised ("" if none).
+        error: the exception object itself when it could be brought back, else None.
+        attempts: how many tasks included the member.
+    """
+
+    index: int
+    reason: FailureReason
+    message: str
+    traceback: str = ""
+    error: BaseException | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The outcome of :func:`evaluate` for one generation.
+
+    Attributes:
+        generation: the population's generation.
+        fitness: float64 array (popsize,), NaN where a member failed; what ``tell`` receives.
+        failures: the failed members, by index.
+        attempts: int array (popsize,): how many tasks included each member.
+        seconds: wall time of the evaluation.
+        tasks: tasks submitted (including retries).
+        lost_tasks: tasks whose worker died or whose broadcast was lost.
+        duplicates: results received for members already recorded (ignored).
+        bytes_sent: bytes this evaluation serialised for workers: the broadcast times the
+            copies it travels as (per task for process pools, per worker for Dask, none for
+            threads) plus the task arguments.
+        bytes_received: serialised size of the results that came back.
+        workers: the workers that returned results (``"host:pid"``, plus ``":thread"`` for
+            threads of this process).
+        busy_seconds: time the workers spent rebuilding members and running the fitness,
+            summed over the results received (in process: the evaluation's own time).
+        worker_seconds: that busy time per worker (``"host:pid"``); ``seconds`` minus its
+            largest value is what distribution cost the generation beyond its slowest worker.
+    """
+
+    generation: int
+    fitness: np.ndarray
+    failures: Mapping[int, MemberFailure]
+    attempts: np.ndarray
+    seconds: float
+    tasks: int = 0
+    lost_tasks: int = 0
+    duplicates: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    workers: tuple[str, ...] = ()
+    busy_seconds: float = 0.0
+    worker_seconds: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[int]:
+        """Indices of the failed members, sorted."""
+        return sorted(self.failures)
+
+    @property
+    def num_failed(self) -> int:
+        """How many members failed."""
+        return len(self.failures)
+
+
+class EvaluationError(RuntimeError):
+    """A generation could not be evaluated (or had failures under ``failure_policy="raise"``).
+
+    Attributes:
+        evaluation: the :class:`Evaluation`, when there is one.
+    """
+
+    def __init__(self, message: str, evaluation: Evaluation | None = None) -> None:
+        super().__init__(message)
+        self.evaluation = evaluation
+
+
+# -- executors ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Broadcast:
+    """What :meth:`RemoteExecutor.broadcast` hands back.
+
+    Attributes:
+        handle: passed to every task of the generation in place of the payload.
+        nbytes: serialised size of the payload.
+        per_task: True if every task carries the payload again (process pools), False if a
+            worker receives it once (Dask) or shares it (threads, then ``nbytes`` is 0).
+    """
+
+    handle: Any
+    nbytes: int
+    per_task: bool
+
+
+class RemoteExecutor(concurrent.futures.Executor):
+    """A :class:`concurrent.futures.Executor` with the hooks :func:`evaluate` uses.
+
+    Subclasses implement :meth:`submit` (and :meth:`shutdown`), and may override the hooks:
+    :attr:`workers` (how many tasks run at once), :meth:`broadcast` / :meth:`release` (ship the
+    generation's payload once), :meth:`spread` (place a generation's chunks one per worker),
+    :meth:`classify_failure` and :meth:`lost_attempts` (tell a lost worker from an error) and
+    :meth:`abandon` (stop tasks past the deadline). A plain executor
+    given to :func:`evaluate` is wrapped with the defaults below.
+
+    Example:
+        >>> from concurrent.futures import BrokenExecutor
+        >>> import eggroll_opt as eo
+        >>> pool = eo.ProcessPool(2)
+        >>> pool.workers, pool.classify_failure(BrokenExecutor("gone"))
+        (2, 'worker_lost')
+        >>> pool.shutdown()
+    """
+
+    @property
+    def workers(self) -> int:
+        """How many tasks the executor runs at the same time (default: the CPU count)."""
+        return os.cpu_count() or 1
+
+    def broadcast(self, payload: Any) -> Broadcast:
+        """Make ``payload`` reachable by this generation's tasks (default: pickle it once)."""
+        data = _dumps(payload.fitness_fn, payload)
+        return Broadcast(_Packed(payload.token, data), len(data), per_task=True)
+
+    def release(self, broadcast: Broadcast) -> None:
+        """Forget a broadcast once its generation is over (default: nothing to do)."""
+
+    def spread(self, count: int) -> None:
+        """The next ``count`` submissions are a generation's chunks: place them on distinct
+        workers where the executor chooses placement (default: the executor's own order)."""
+
+    def classify_failure(self, error: BaseException) -> FailureKind:
+        """What a task's exception means: ``"worker_lost"``, ``"data_lost"`` or ``"error"``.
+
+        Fitness errors never reach here (they are caught per member on the worker); this sees
+        what went wrong around the task. Default: a broken executor is a lost worker.
+        """
+        if isinstance(error, concurrent.futures.BrokenExecutor | concurrent.futures.CancelledError):
+            return "worker_lost"
+        return "error"
+
+    def lost_attempts(self, error: BaseException) -> int:
+        """How many runs of the task one ``"worker_lost"`` error stands for (default 1)."""
+        return 1
+
+    def abandon(self, futures: Iterable[Future[Any]]) -> None:
+        """Give up on ``futures`` (the deadline passed): cancel what can be cancelled."""
+        for future in futures:
+            future.cancel()
+
+
+class _WrappedExecutor(RemoteExecutor):
+    """A plain executor with the default hooks (threads share the payload)."""
+
+    def __init__(self, executor: concurrent.futures.Executor) -> None:
+        self._executor = executor
+        self._threads = isinstance(executor, concurrent.futures.ThreadPoolExecutor)
+
+    @property
+    def workers(self) -> int:
+        count = getattr(self._executor, "_max_workers", None)  # both stdlib pools keep it here
+        return int(count) if isinstance(count, int) and count > 0 else super().workers
+
+    def broadcast(self, payload: Any) -> Broadcast:
+        if self._threads:  # same process: share the prepared arrays, nothing is copied
+            return Broadcast(_Job.prepare(payload, copy=False), 0, per_task=False)
+        return super().broadcast(payload)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._executor.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+class ProcessPool(RemoteExecutor):
+    """A process pool that survives its workers: the local default for :func:`optimize`.
+
+    A :class:`concurrent.futures.ProcessPoolExecutor` breaks for good when one of its processes
+    dies; this one starts a fresh pool at the next submission, and :meth:`abandon` stops tasks
+    that overran a deadline by ending the pool's processes. The generation's payload is pickled
+    once and sent with each task; :func:`evaluate` sends one task per worker.
+
+    Args:
+        max_workers: number of processes (default: the CPU count).
+        mp_context: a :mod:`multiprocessing` context (default: Python's default start method;
+            ``fork`` starts in milliseconds, ``forkserver``/``spawn`` import the fitness
+            function's module in each new process, which takes seconds with SciPy).
+
+    Example:
+        >>> import eggroll_opt as eo
+        >>> with eo.ProcessPool(2) as pool:
+        ...     pool.workers
+        2
+    """
+
+    _max_workers: int
+    _context: Any
+    _pool: concurrent.futures.ProcessPoolExecutor | None
+    _lock: threading.Lock
+    _closed: bool
+    restarts: int
+
+    def __init__(self, max_workers: int | None = None, *, mp_context: Any = None) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        if isinstance(max_workers, bool) or not isinstance(max_workers, numbers.Integral):
+            raise TypeError(f"`max_workers` must be an int, got {max_workers!r}.")
+        if max_workers < 1:
+            raise ValueError(f"`max_workers` must be at least 1, got {max_workers}.")
+        self._max_workers = int(max_workers)
+        self._context = mp_context
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.restarts = 0  # pools started after the first (after a break or an abandon)
+
+    @property
+    def workers(self) -> int:
+        return self._max_workers
+
+    def _live_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._closed:
+            raise RuntimeError("cannot submit to a ProcessPool after shutdown().")
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self._max_workers, mp_context=self._context
+            )
+        return self._pool
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            try:
+                return self._live_pool().submit(fn, *args, **kwargs)
+            except concurrent.futures.BrokenExecutor:
+                self._discard_pool(terminate=False)
+                self.restarts += 1
+                return self._live_pool().submit(fn, *args, **kwargs)
+
+    def abandon(self, futures: Iterable[Future[Any]]) -> None:
+        running = [future for future in futures if not future.cancel() and not future.done()]
+        if running:
+            with self._lock:
+                if self._pool is not None:
+                    self._discard_pool(terminate=True)
+                    self.restarts += 1
+
+    def _discard_pool(self, *, terminate: bool) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if terminate:
+            if hasattr(pool, "terminate_workers"):  # Python >= 3.14
+                pool.terminate_workers()
+            else:  # the stdlib pool keeps its processes in this attribute
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def _named_executor(name: str) -> RemoteExecutor:
+    if name == "threads":
+        return _WrappedExecutor(concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1))
+    return ProcessPool()
+
+
+def _resolve_executor(executor: Any) -> tuple[RemoteExecutor | None, bool]:
+    """(executor to use, whether this call owns it and must shut it down)."""
+    if executor is None:
+        return None, False
+    if isinstance(executor, str):
+        if executor not in _NAMED_EXECUTORS:
+            raise ValueError(
+                f"`executor` must be None, {_NAMED_EXECUTORS[0]!r}, {_NAMED_EXECUTORS[1]!r} or an "
+                f"Executor, got {executor!r}."
+            )
+        return _named_executor(executor), True
+    if isinstance(executor, RemoteExecutor):
+        return executor, False
+    if isinstance(executor, concurrent.futures.Executor):
+        return _WrappedExecutor(executor), False
+    if type(executor).__name__ == "Client" and hasattr(executor, "scheduler_info"):
+        raise TypeError(
+            "`executor` is a Dask Client; wrap it: "
+            "eggroll_opt.integrations.dask.DaskExecutor(client)."
+        )
+    raise TypeError(
+        f"`executor` must be None, 'threads', 'processes' or a concurrent.futures.Executor, got "
+        f"{type(executor).__name__}."
+    )
+
+
+# -- what travels, and the worker side ----------------------------------------------------------
+@dataclass(frozen=True)
+class _Payload:
+    """The generation's broadcast: base parameters (host arrays), fitness function, template."""
+
+    token: str
+    template: MemberSpec
+    fitness_fn: Callable[[Any], Any]
+    base: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Packed:
+    """A pickled payload, with its token readable without unpickling it."""
+
+    token: str
+    data: bytes
+
+
+def _dumps(fitness_fn: Any, value: Any) -> bytes:
+    dumps: Callable[..., bytes] = pickle.dumps
+    try:
+        import cloudpickle  # handles lambdas, closures and functions of __main__
+
+        dumps = cloudpickle.dumps
+    except ImportError:
+        pass
+    try:
+        return bytes(dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except (pickle.PicklingError, AttributeError, TypeError) as error:
+        raise TypeError(
+            f"`fitness_fn` {fitness_fn!r} cannot be pickled for worker processes ({error}); "
+            "define it at module level, or install cloudpickle."
+        ) from None
+
+
+class _Job:
+    """A payload opened on a worker: aligned base arrays and the member rebuilder."""
+
+    def __init__(self, payload: _Payload, base: dict[str, Any]) -> None:
+        self.token = payload.token
+        self.template = payload.template
+        self.fitness_fn = payload.fitness_fn
+        self.base = base
+        self.local = False  # results stay in this process (threads): keep exception objects
+        template = payload.template
+        self._numbers_per_draw = max(
+            1, sum(leaf.noise_size(template.rank) for leaf in template.leaves)
+        )
+        self._backend = Backend("numpy", np)
+
+    @classmethod
+    def prepare(cls, payload: _Payload, *, copy: bool = True) -> _Job:
+        """Open ``payload``; ``copy`` makes one aligned, writable copy of every base array."""
+        flat = flatten(payload.base, "base")
+        if copy:
+            flat = {path: np.array(value, order="C", copy=True) for path, value in flat.items()}
+        job = cls(payload, flat)
+        job.local = not copy
+        return job
+
+    def draw(self, index: int) -> int:
+        return index // 2 if self.template.mirrored else index
+
+    def members(self, indices: Sequence[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(index, parameter tree) of each member, noise generated once per block of draws."""
+        template = self.template
+        block = max(1, _BLOCK_NORMALS // self._numbers_per_draw)
+        position = 0
+        while position < len(indices):
+            first_draw = self.draw(indices[position])
+            stop = position
+            while (
+                stop < len(indices)
+                and 0 <= self.draw(indices[stop]) - first_draw < block
+                and (stop == position or indices[stop] > indices[stop - 1])
+            ):
+                stop += 1
+            run = indices[position:stop]
+            count = max(self.draw(i) for i in run) - first_draw + 1
+            noise = {
+                leaf.path: leaf_noise(
+                    self._backend,
+                    template.seed,
+                    leaf,
+                    template.epoch,
+                    first_draw,
+                    count,
+                    template.rank,
+                )
+                for leaf in template.leaves
+                if leaf.kind != "frozen"
+            }
+            for index in run:
+                k = self.draw(index) - first_draw
+                sign = -1.0 if template.mirrored and index % 2 else 1.0
+                values = {}
+                for leaf in template.leaves:
+                    leaf_noise_k = noise.get(leaf.path)
+                    if leaf_noise_k is not None:
+                        leaf_noise_k = (
+                            tuple(part[k] for part in leaf_noise_k)
+                            if leaf.kind == "lowrank"
+                            else leaf_noise_k[k]
+                        )
+                    values[leaf.path] = _perturbed(
+                        self.base[leaf.path],
+                        leaf,
+                        leaf_noise_k,
+                        sign,
+                        template.sigma,
+                        template.rank,
+                    )
+                yield index, unflatten(values)
+            position = stop
+
+
+_JOBS: collections.OrderedDict[str, _Job] = collections.OrderedDict()
+_JOBS_LOCK = threading.Lock()
+_JOBS_KEPT = 2  # this generation's and the previous one's (late tasks)
+
+
+def _open(handle: Any) -> _Job:
+    """The job of a broadcast handle, opened once per process and generation."""
+    if isinstance(handle, _Job):
+        return handle
+    with _JOBS_LOCK:
+        job = _JOBS.get(handle.token)
+        if job is None:
+            payload = pickle.loads(handle.data) if isinstance(handle, _Packed) else handle
+            job = _Job.prepare(payload, copy=True)
+            _JOBS[handle.token] = job
+            while len(_JOBS) > _JOBS_KEPT:
+                _JOBS.popitem(last=False)
+        else:
+            _JOBS.move_to_end(handle.token)
+    return job
+
+
+@dataclass(frozen=True)
+class _ChunkResult:
+    token: str
+    indices: tuple[int, ...]
+    values: np.ndarray
+    failures: dict[int, tuple[str, str, str, BaseException | None]]
+    worker: str
+    busy_seconds: float
+
+
+def _as_fitness(value: Any) -> tuple[float, str | None]:
+    """(value as a float, None) or (nan, why it is not one real number)."""
+    if isinstance(value, bool | numbers.Real):
+        return float(value), None
+    try:
+        array = np.asarray(to_numpy(value))
+    except Exception as error:  # arbitrary objects: anything may go wrong converting them
+        return math.nan, f"fitness_fn returned {type(value).__name__}: {error}"
+    if array.size != 1 or array.dtype.kind not in "biuf":
+        return math.nan, (
+            f"fitness_fn must return one real number, got {type(value).__name__} "
+            f"of shape {array.shape} and dtype {array.dtype}"
+        )
+    return float(array.reshape(())), None
+
+
+def _describe(error: BaseException, keep: bool) -> tuple[str, str, str, BaseException | None]:
+    message = f"{type(error).__name__}: {error}"
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    if not keep:
+        try:
+            pickle.dumps(error)
+        except Exception:  # an exception that cannot travel: keep its text only
+            return "raised", message, text, None
+        error = error.with_traceback(None)
+    return "raised", message, text, error
+
+
+def _run_chunk(handle: Any, indices: Sequence[int]) -> _ChunkResult:
+    """The task a worker runs: rebuild each member of the chunk and call the fitness function.
+
+    A fitness function that raises (``Exception`` or ``SystemExit``) or returns something that
+    is not one real number fails its own member only.
+    """
+    job = _open(handle)
+    indices = tuple(indices)
+    values = np.full(len(indices), math.nan)
+    failures: dict[int, tuple[str, str, str, BaseException | None]] = {}
+    start = time.perf_counter()
+    for position, (index, params) in enumerate(job.members(indices)):
+        try:
+            value = job.fitness_fn(params)
+        except (Exception, SystemExit) as error:
+            failures[index] = _describe(error, job.local)
+            continue
+        fitness, problem = _as_fitness(value)
+        if problem is None:
+            values[position] = fitness
+        else:
+            failures[index] = ("invalid", problem, "", None)
+    worker = _worker_id(threading.current_thread().name if job.local else None)
+    return _ChunkResult(job.token, indices, values, failures, worker, time.perf_counter() - start)
+
+
+def _worker_id(thread: str | None = None) -> str:
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    return name if thread is None else f"{name}:{thread}"
+
+
+# -- the evaluation -----------------------------------------------------------------------------
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be at least {minimum}, got {value}.")
+    return int(value)
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"`timeout` must be a number of seconds or None, got {timeout!r}.")
+    seconds = float(timeout)
+    if not seconds > 0:
+        raise ValueError(f"`timeout` must be > 0 seconds, got {timeout}.")
+    return seconds
+
+
+def evaluate(
+    population: Population,
+    fitness_fn: Callable[[Any], Any],
+    executor: concurrent.futures.Executor | str | None = None,
+    *,
+    vectorized: bool = False,
+    timeout: float | None = None,
+    max_retries: int = 2,
+    chunks_per_worker: int = 1,
+) -> Evaluation:
+    """Give every member of ``population`` one fitness value or one recorded failure.
+
+    Args:
+        population: what ``strategy.ask()`` returned.
+        fitness_fn: called with one member's parameter tree, returns one real number (a NumPy
+            or CuPy scalar is fine). With ``vectorized=True`` it is called once with the whole
+            :class:`~eggroll_opt.Population` and returns ``popsize`` values.
+        executor: ``None`` (in this process, arrays on the strategy's backend), ``"threads"``,
+            ``"processes"`` (a pool made for this call; pass an executor to reuse one), any
+            :class:`concurrent.futures.Executor`, or a :class:`RemoteExecutor`
+            (:class:`ProcessPool`, ``eggroll_opt.integrations.dask.DaskExecutor``). Executors
+            get host (NumPy) arrays.
+        vectorized: ``fitness_fn`` takes the population (in process only).
+        timeout: seconds; members without a result by then fail with reason ``"timeout"``.
+        max_retries: how often a member whose worker died while it ran alone is run again.
+        chunks_per_worker: tasks per worker per generation (1 sends the base parameters once per
+            worker; more balance uneven fitness costs).
+
+    Returns:
+        An :class:`Evaluation`: ``fitness`` (NaN for failed members) and ``failures``.
+
+    Raises:
+        EvaluationError: if the executor fails in a way that is not a lost worker (for example
+            a fitness function the workers cannot import), or ``vectorized`` fitness raises.
+
+    Example:
+        >>> import numpy as np, eggroll_opt as eo
+        >>> es = eo.Eggroll({"w": np.zeros(3)}, popsize=4, sigma=0.1, learning_rate=0.1,
+        ...                 seed=0, backend="numpy")
+        >>> def loss(params):
+        ...     if params["w"][0] > 0:  # one member of each mirrored pair
+        ...         raise ValueError("out of range")
+        ...     return float(np.sum(params["w"] ** 2))
+        >>> result = eo.evaluate(es.ask(), loss)
+        >>> result.num_failed, sorted({f.reason for f in result.failures.values()})
+        (2, ['raised'])
+        >>> bool(np.isnan(result.fitness).sum() == 2)
+        True
+    """
+    if not isinstance(population, Population):
+        raise TypeError(
+            f"`population` must be an eggroll_opt.Population (from ask()), got "
+            f"{type(population).__name__}."
+        )
+    if not callable(fitness_fn):
+        raise TypeError(f"`fitness_fn` must be callable, got {fitness_fn!r}.")
+    if not isinstance(vectorized, bool | np.bool_):
+        raise TypeError(f"`vectorized` must be a bool, got {vectorized!r}.")
+    deadline_seconds = _check_timeout(timeout)
+    max_retries = _check_int("max_retries", max_retries, 0)
+    chunks_per_worker = _check_int("chunks_per_worker", chunks_per_worker, 1)
+    if vectorized and executor is not None:
+        raise ValueError(
+            f"`vectorized`=True evaluates the whole population in this process; it cannot be "
+            f"combined with `executor`={executor!r}."
+        )
+    remote, owned = _resolve_executor(executor)
+    if remote is None:
+        return _evaluate_here(population, fitness_fn, bool(vectorized), deadline_seconds)
+    try:
+        run = _Run(population, fitness_fn, remote, deadline_seconds, max_retries, chunks_per_worker)
+        return run.execute()
+    finally:
+        if owned:
+            remote.shutdown(wait=True, cancel_futures=True)
+
+
+def _evaluate_here(
+    population: Population,
+    fitness_fn: Callable[[Any], Any],
+    vectorized: bool,
+    timeout: float | None,
+) -> Evaluation:
+    start = time.perf_counter()
+    size = len(population)
+    if vectorized:
+        try:
+            raw = fitness_fn(population)
+        except Exception as error:
+            raise EvaluationError(
+                f"vectorised fitness_fn raised {type(error).__name__}: {error}"
+            ) from error
+        try:
+            values = np.asarray(to_numpy(raw), dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"vectorised `fitness_fn` must return {size} real numbers, got {error}"
+            ) from None
+        if values.shape != (size,):
+            raise ValueError(
+                f"vectorised `fitness_fn` must return shape ({size},), got {values.shape}."
+            )
+        return Evaluation(
+            generation=population.generation,
+            fitness=values,
+            failures={},
+            attempts=np.ones(size, dtype=np.int64),
+            seconds=(seconds := time.perf_counter() - start),
+            busy_seconds=seconds,
+        )
+    values = np.full(size, math.nan)
+    attempts = np.zeros(size, dtype=np.int64)
+    failures: dict[int, MemberFailure] = {}
+    for member in population:
+        index = member.index
+        if timeout is not None and time.perf_counter() - start > timeout:
+            failures[index] = MemberFailure(
+                index, "timeout", f"not started within the {timeout} s deadline"
+            )
+            continue
+        attempts[index] = 1
+        try:
+            value = fitness_fn(member.params())
+        except (Exception, SystemExit) as error:
+            _, message, text, kept = _describe(error, keep=True)
+            failures[index] = MemberFailure(index, "raised", message, text, kept, 1)
+            continue
+        fitness, problem = _as_fitness(value)
+        if problem is None:
+            values[index] = fitness
+        else:
+            failures[index] = MemberFailure(index, "invalid", problem, attempts=1)
+    return Evaluation(
+        generation=population.generation,
+        fitness=values,
+        failures=failures,
+        attempts=attempts,
+        seconds=(seconds := time.perf_counter() - start),
+        busy_seconds=seconds,
+    )
+
+
+@dataclass
+class _Task:
+    indices: Sequence[int]
+    stage: int  # 0: chunk, 1: single member in parallel, 2: single member alone
+    broadcast_number: int
+    nbytes: int
+
+
+@dataclass
+class _Ledger:
+    """First result per member wins; every member ends with a value or a failure."""
+
+    values: np.ndarray
+    resolved: np.ndarray
+    attempts: np.ndarray
+    charged: np.ndarray
+    failures: dict[int, MemberFailure] = field(default_factory=dict)
+    duplicates: int = 0
+
+    @classmethod
+    def empty(cls, size: int) -> _Ledger:
+        return cls(
+            values=np.full(size, math.nan),
+            resolved=np.zeros(size, dtype=bool),
+            attempts=np.zeros(size, dtype=np.int64),
+            charged=np.zeros(size, dtype=np.int64),
+        )
+
+    def record(self, index: int, value: float) -> None:
+        if self.resolved[index]:
+            self.duplicates += 1
+            return
+        self.values[index] = value
+        self.resolved[index] = True
+
+    def fail(
+        self,
+        index: int,
+        reason: FailureReason,
+        message: str,
+        text: str = "",
+        error: BaseException | None = None,
+    ) -> None:
+        if self.resolved[index]:
+            self.duplicates += 1
+            return
+        self.failures[index] = MemberFailure(
+            index, reason, message, text, error, int(self.attempts[index])
+        )
+        self.resolved[index] = True
+
+
+class _Run:
+    """One generation on a :class:`RemoteExecutor` (see the module docstring for the steps)."""
+
+    def __init__(
+        self,
+        population: Population,
+        fitness_fn: Callable[[Any], Any],
+        executor: RemoteExecutor,
+        timeout: float | None,
+        max_retries: int,
+        chunks_per_worker: int,
+    ) -> None:
+        self.population = population
+        self.executor = executor
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.size = len(population)
+        self.workers = max(1, int(executor.workers))
+        self.chunks = min(self.size, self.workers * chunks_per_worker)
+        self.payload = _Payload(
+            token=uuid.uuid4().hex,
+            template=population.spec(0),
+            fitness_fn=fitness_fn,
+            base=_host_tree(population.base),
+        )
+        self.ledger = _Ledger.empty(self.size)
+        self.pending: dict[Future[Any], _Task] = {}
+        self.singles: collections.deque[int] = collections.deque()
+        self.alone: collections.deque[int] = collections.deque()
+        self.broadcasts: list[Broadcast] = []
+        self.tasks = 0
+        self.lost_tasks = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.seen_workers: dict[str, float] = {}
+        self.per_worker_bytes = 0
+        self.busy_seconds = 0.0
+
+    # -- submission ---------------------------------------------------------------------------
+    def _broadcast(self) -> None:
+        broadcast = self.executor.broadcast(self.payload)
+        self.broadcasts.append(broadcast)
+        if not broadcast.per_task:
+            self.per_worker_bytes = broadcast.nbytes
+
+    def _submit(self, indices: Sequence[int], stage: int) -> None:
+        broadcast = self.broadcasts[-1]
+        nbytes = len(pickle.dumps(indices)) if broadcast.nbytes else 0
+        if broadcast.per_task:
+            nbytes += broadcast.nbytes
+        self.bytes_sent += nbytes
+        self.tasks += 1
+        for index in indices:
+            self.ledger.attempts[index] += 1
+        try:
+            future = self.executor.submit(_run_chunk, broadcast.handle, indices)
+        except Exception as error:  # report it through the same path as a failed task
+            future = Future()
+            future.set_exception(error)
+        self.pending[future] = _Task(indices, stage, len(self.broadcasts), nbytes)
+
+    def _feed(self) -> None:
+        window = 2 * self.workers
+        in_flight = sum(1 for task in self.pending.values() if task.stage == 1)
+        while self.singles and in_flight < window:
+            self._submit((self.singles.popleft(),), 1)
+            in_flight += 1
+        if not self.pending and not self.singles and self.alone:
+            self._submit((self.alone.popleft(),), 2)
+
+    # -- results ------------------------------------------------------------------------------
+    def _finish(self, future: Future[Any]) -> None:
+        task = self.pending.pop(future)
+        try:
+            result = future.result()
+        except Exception as error:
+            self._lost(task, error)
+            return
+        if not isinstance(result, _ChunkResult) or result.token != self.payload.token:
+            # Not this generation's answer: the task is lost and its members run again.
+            stale = RuntimeError(f"a task returned a result of another generation: {result!r:.80}")
+            self._lost(task, stale, "worker_lost")
+            return
+        if task.nbytes:
+            self.bytes_received += len(pickle.dumps(result))
+        self.seen_workers[result.worker] = self.seen_workers.get(result.worker, 0.0) + (
+            result.busy_seconds
+        )
+        self.busy_seconds += result.busy_seconds
+        expected = set(task.indices)
+        for index, value in zip(result.indices, result.values, strict=True):
+            if index not in expected:
+                self.ledger.duplicates += 1
+                continue
+            failure = result.failures.get(index)
+            if failure is None:
+                self.ledger.record(index, float(value))
+            else:
+                reason, message, text, kept = failure
+                self.ledger.fail(index, reason, message, text, kept)  # type: ignore[arg-type]
+        for index in expected - set(result.indices):  # a malformed result: run them again
+            self._requeue(index, task.stage)
+
+    def _lost(self, task: _Task, error: BaseException, kind: FailureKind | None = None) -> None:
+        if kind is None:
+            kind = self.executor.classify_failure(error)
+        if kind == "error":
+            raise EvaluationError(
+                f"a task of generation {self.population.generation} failed outside the fitness "
+                f"function: {type(error).__name__}: {error}"
+            ) from error
+        self.lost_tasks += 1
+        if kind == "data_lost":
+            if task.broadcast_number == len(self.broadcasts):
+                if len(self.broadcasts) > self.max_retries:
+                    for index in task.indices:
+                        self.ledger.fail(
+                            index,
+                            "data_lost",
+                            f"the broadcast was lost {len(self.broadcasts)} times: {error}",
+                        )
+                    return
+                self._broadcast()
+            if task.stage == 0:
+                self._submit(task.indices, 0)
+            else:
+                for index in task.indices:
+                    (self.singles if task.stage == 1 else self.alone).append(index)
+            return
+        for index in task.indices:
+            if task.stage == 2:
+                self.ledger.charged[index] += max(1, self.executor.lost_attempts(error))
+                if self.ledger.charged[index] > self.max_retries:
+                    self.ledger.fail(
+                        index,
+                        "worker_lost",
+                        f"its worker died each of the {int(self.ledger.charged[index])} times it "
+                        f"ran alone (last error: {type(error).__name__}: {error})",
+                    )
+                    continue
+            self._requeue(index, task.stage + 1)
+
+    def _requeue(self, index: int, stage: int) -> None:
+        if self.ledger.resolved[index]:
+            return
+        (self.singles if stage <= 1 else self.alone).append(index)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def execute(self) -> Evaluation:
+        start = time.perf_counter()
+        deadline = None if self.timeout is None else start + self.timeout
+        try:
+            self._broadcast()
+            bounds = np.linspace(0, self.size, self.chunks + 1).round().astype(int)
+            if self.payload.template.mirrored:  # chunk boundaries keep mirrored pairs together
+                bounds = np.unique(np.clip(bounds + bounds % 2, 0, self.size))
+            chunks = [range(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
+            self.executor.spread(len(chunks))
+            for chunk in chunks:
+                self._submit(chunk, 0)
+            while not self.ledger.resolved.all():
+                self._feed()
+                if not self.pending:  # nothing runs and nothing is queued: cannot happen
+                    raise EvaluationError("internal error: members left without a task")
+                remaining = None if deadline is None else deadline - time.perf_counter()
+                if remaining is not None and remaining <= 0:
+                    break
+                done, _ = concurrent.futures.wait(
+                    list(self.pending), timeout=remaining, return_when="FIRST_COMPLETED"
+                )
+                for future in done:
+                    self._finish(future)
+            for index in np.flatnonzero(~self.ledger.resolved):
+                self.ledger.fail(
+                    int(index), "timeout", f"no result within the {self.timeout} s deadline"
+                )
+        finally:
+            if self.pending:
+                self.executor.abandon(list(self.pending))
+                self.pending.clear()
+            for broadcast in self.broadcasts:
+                self.executor.release(broadcast)
+        self.bytes_sent += self.per_worker_bytes * len(self.seen_workers)
+        return Evaluation(
+            generation=self.population.generation,
+            fitness=self.ledger.values,
+            failures=self.ledger.failures,
+            attempts=self.ledger.attempts,
+            seconds=time.perf_counter() - start,
+            tasks=self.tasks,
+            lost_tasks=self.lost_tasks,
+            duplicates=self.ledger.duplicates,
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received,
+            workers=tuple(self.seen_workers),
+            busy_seconds=self.busy_seconds,
+            worker_seconds=dict(self.seen_workers),
+        )
+
+
+def _host_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Host (NumPy) copies of a parameter tree's leaves (NumPy leaves are not copied)."""
+    return unflatten({path: np.asarray(to_numpy(v)) for path, v in flatten(tree).items()})
+
+
+# -- the loop -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GenerationReport:
+    """What each callback of :func:`optimize` receives after a generation.
+
+    Attributes:
+        generation: the generation just told.
+        stats: what ``tell`` returned.
+        evaluation: what :func:`evaluate` returned.
+        seconds: wall time of the generation (ask, evaluate, tell).
+        elapsed: wall time since :func:`optimize` started.
+        best_fitness: best fitness of any member so far in this run.
+        strategy: the strategy (read ``strategy.params`` for the new mean).
+    """
+
+    generation: int
+    stats: GenerationStats
+    evaluation: Evaluation
+    seconds: float
+    elapsed: float
+    best_fitness: float
+    strategy: Eggroll
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """What :func:`optimize` returns.
+
+    Attributes:
+        params: the final mean (the strategy's ``params``).
+        generations: generations completed in this call.
+        history: ``tell``'s statistics, one per generation.
+        best_fitness: best member fitness seen in this call.
+        best_generation: the generation it was seen in.
+        stop_reason: ``"generations"``, ``"target"``, ``"patience"`` or ``"callback"``.
+        num_failed: failed member evaluations over the run.
+        seconds: wall time.
+    """
+
+    params: dict[str, Any]
+    generations: int
+    history: list[GenerationStats]
+    best_fitness: float
+    best_generation: int
+    stop_reason: str
+    num_failed: int
+    seconds: float
+
+
+Callback = Callable[[GenerationReport], Any]
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional: no bar without it
+        return None
+    return tqdm(total=total, unit="gen", dynamic_ncols=True)
+
+
+def optimize(
+    strategy: Eggroll,
+    fitness_fn: Callable[[Any], Any],
+    generations: int,
+    *,
+    executor: concurrent.futures.Executor | str | None = None,
+    vectorized: bool = False,
+    callbacks: Callback | Sequence[Callback] = (),
+    progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 10,
+    target: float | None = None,
+    patience: int | None = None,
+    timeout: float | None = None,
+    max_retries: int = 2,
+    failure_policy: str = "worst",
+    chunks_per_worker: int = 1,
+) -> OptimizeResult:
+    """Run ask / :func:`evaluate` / tell for up to ``generations`` generations.
+
+    Args:
+        strategy: an :class:`~eggroll_opt.Eggroll` or :class:`~eggroll_opt.OpenES`.
+        fitness_fn: as in :func:`evaluate`.
+        generations: how many generations to run in this call (>= 1).
+        executor: as in :func:`evaluate`; a pool named here (``"threads"``, ``"processes"``) is
+            made once for the whole run and shut down at its end.
+        vectorized: ``fitness_fn`` takes the whole population (in process).
+        callbacks: callables given a :class:`GenerationReport` after each generation; one that
+            returns True stops the run after this generation (all are called first).
+        progress: show a tqdm progress bar (if tqdm is installed; nothing otherwise).
+        checkpoint: a file to ``strategy.save`` to every ``checkpoint_every`` generations and
+            when the run ends normally or stops early. Resume with ``Eggroll.load(path)``.
+        checkpoint_every: generations between checkpoints.
+        target: stop once a member's fitness is at least this good (<= when minimizing).
+        patience: stop after this many generations without a better member.
+        timeout: per-generation deadline in seconds (see :func:`evaluate`).
+        max_retries: see :func:`evaluate`.
+        failure_policy: ``"worst"``: failed members are told as NaN, which the strategy ranks
+            below every other member (its ``nan_policy="raise"`` refuses them instead);
+            ``"raise"``: any failed member stops the run with :class:`EvaluationError`.
+            A generation in which every member failed always raises.
+        chunks_per_worker: see :func:`evaluate`.
+
+    Returns:
+        An :class:`OptimizeResult`.
+
+    Example:
+        >>> import numpy as np, eggroll_opt as eo
+        >>> es = eo.Eggroll({"w": np.zeros((3, 4))}, popsize=16, sigma=0.1,
+        ...                 learning_rate=0.05, seed=0, backend="numpy")
+        >>> result = eo.optimize(es, lambda p: float(np.sum((p["w"] - 1) ** 2)), 30,
+        ...                      progress=False, patience=10)
+        >>> result.generations, result.best_fitness < 12.0
+        (30, True)
+    """
+    if not isinstance(strategy, Eggroll):
+        raise TypeError(
+            f"`strategy` must be an eggroll_opt.Eggroll or OpenES, got {type(strategy).__name__}."
+        )
+    if not callable(fitness_fn):
+        raise TypeError(f"`fitness_fn` must be callable, got {fitness_fn!r}.")
+    generations = _check_int("generations", generations, 1)
+    checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
+    if patience is not None:
+        patience = _check_int("patience", patience, 1)
+    if target is not None and (isinstance(target, bool) or not isinstance(target, numbers.Real)):
+        raise TypeError(f"`target` must be a real number or None, got {target!r}.")
+    if failure_policy not in FAILURE_POLICIES:
+        raise ValueError(
+            f"`failure_policy` must be one of {FAILURE_POLICIES}, got {failure_policy!r}."
+        )
+    if callable(callbacks):
+        callbacks = (callbacks,)
+    if isinstance(callbacks, str) or not isinstance(callbacks, Iterable):
+        raise TypeError(f"`callbacks` must be a sequence of callables, got {callbacks!r}.")
+    callbacks = tuple(callbacks)
+    for callback in callbacks:
+        if not callable(callback):
+            raise TypeError(f"`callbacks` must hold callables, got {callback!r}.")
+    if vectorized and executor is not None:
+        raise ValueError(
+            f"`vectorized`=True evaluates in this process; it cannot be combined with "
+            f"`executor`={executor!r}."
+        )
+    _check_timeout(timeout)
+    _check_int("max_retries", max_retries, 0)
+    _check_int("chunks_per_worker", chunks_per_worker, 1)
+    maximize = bool(getattr(strategy, "_maximize", False))
+
+    def better(a: float, b: float) -> bool:
+        return a > b if maximize else a < b
+
+    remote, owned = _resolve_executor(executor)
+    bar = _progress_bar(generations, bool(progress))
+    history: list[GenerationStats] = []
+    best_fitness, best_generation = (-math.inf if maximize else math.inf), -1
+    stop_reason, num_failed, since_better = "generations", 0, 0
+    saved_at = strategy.generation
+    start = time.perf_counter()
+    try:
+        for _ in range(generations):
+            generation_start = time.perf_counter()
+            population = strategy.ask()
+            evaluation = evaluate(
+                population,
+                fitness_fn,
+                remote,
+                vectorized=vectorized,
+                timeout=timeout,
+                max_retries=max_retries,
+                chunks_per_worker=chunks_per_worker,
+            )
+            num_failed += evaluation.num_failed
+            if evaluation.num_failed == len(population) or (
+                evaluation.failures and failure_policy == "raise"
+            ):
+                first = evaluation.failures[evaluation.failed[0]]
+                raise EvaluationError(
+                    f"generation {population.generation}: {evaluation.num_failed} of "
+                    f"{len(population)} members failed (failure_policy={failure_policy!r}); "
+                    f"member {first.index}: {first.reason}: {first.message}",
+                    evaluation,
+                )
+            stats = strategy.tell(evaluation.fitness)
+            history.append(stats)
+            if better(stats.best_fitness, best_fitness):
+                best_fitness, best_generation, since_better = (
+                    stats.best_fitness,
+                    stats.generation,
+                    0,
+                )
+            else:
+                since_better += 1
+            now = time.perf_counter()
+            report = GenerationReport(
+                generation=stats.generation,
+                stats=stats,
+                evaluation=evaluation,
+                seconds=now - generation_start,
+                elapsed=now - start,
+                best_fitness=best_fitness,
+                strategy=strategy,
+            )
+            if bar is not None:
+                bar.set_postfix(best=f"{best_fitness:.4g}", failed=evaluation.num_failed)
+                bar.update(1)
+            stop_requests = [bool(callback(report)) for callback in callbacks]
+            if checkpoint is not None and strategy.generation % checkpoint_every == 0:
+                strategy.save(checkpoint)
+                saved_at = strategy.generation
+            if any(stop_requests):
+                stop_reason = "callback"
+            elif target is not None and not better(float(target), best_fitness):
+                stop_reason = "target"
+            elif patience is not None and since_better >= patience:
+                stop_reason = "patience"
+            if stop_reason != "generations":
+                break
+        if checkpoint is not None and saved_at != strategy.generation:
+            strategy.save(checkpoint)
+    finally:
+        if bar is not None:
+            bar.close()
+        if owned and remote is not None:
+            remote.shutdown(wait=True, cancel_futures=True)
+    return OptimizeResult(
+        params=strategy.params,
+        generations=len(history),
+        history=history,
+        best_fitness=best_fitness,
+        best_generation=best_generation,
+        stop_reason=stop_reason,
+        num_failed=num_failed,
+        seconds=time.perf_counter() - start,
+    )
