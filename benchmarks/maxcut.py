@@ -4,8 +4,10 @@ G1 has 800 nodes and 19,176 unit-weight edges; its best-known cut is 11,624. The
 cut function come from the PyPI package ``ioh`` (graph problem 2000, instance 1). A trial
 chooses a side for every node and scores the cut (maximized):
 
-* ``eggroll``, ``eggroll-lowrank``, ``tpe``, ``random``: one ``suggest_categorical`` with
-  choices ``[0, 1]`` per node (``eggroll-lowrank`` is ``EggrollSampler(rank=1)``);
+* ``eggroll``, ``eggroll-lowrank``, ``eggroll-sgd``, ``tpe``, ``random``: one
+  ``suggest_categorical`` with choices ``[0, 1]`` per node (``eggroll`` is
+  ``EggrollSampler()`` with its defaults, ``eggroll-lowrank`` adds ``rank=1``,
+  ``eggroll-sgd`` uses ``optimizer="sgd", learning_rate=0.16``);
 * ``cmaes`` (Optuna's default, full covariance) and ``sepcmaes`` (``use_separable_cma=True``):
   "bits as floats", one ``suggest_float`` in [0, 1] per node, side = value >= 0.5.
 
@@ -37,7 +39,7 @@ from ._measure import machine
 BEST_KNOWN = 11624
 NODES = 800
 BUDGETS = (1000, 5000)
-SAMPLERS = ("eggroll", "eggroll-lowrank", "tpe", "cmaes", "sepcmaes", "random")
+SAMPLERS = ("eggroll", "eggroll-lowrank", "eggroll-sgd", "tpe", "cmaes", "sepcmaes", "random")
 
 
 def g1_problem() -> Callable[[list[int]], float]:
@@ -59,6 +61,8 @@ def make_sampler(name: str, seed: int) -> Any:
         return EggrollSampler(seed=seed)
     if name == "eggroll-lowrank":
         return EggrollSampler(seed=seed, rank=1)
+    if name == "eggroll-sgd":
+        return EggrollSampler(seed=seed, optimizer="sgd", learning_rate=0.16)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "cmaes":

@@ -211,7 +211,7 @@ def executors(workers: int, names: list[str]) -> Iterator[dict[str, Any]]:
                         threads_per_worker=1,
                         processes=True,
                         host="127.0.0.1",
-                        dashboard_address=None,
+                        dashboard_address="127.0.0.1:0",  # its HTTP server on a free local port
                         silence_logs=logging.ERROR,
                     )
                 )

@@ -1153,7 +1153,7 @@ def optimize(
     _check_timeout(timeout)
     _check_int("max_retries", max_retries, 0)
     _check_int("chunks_per_worker", chunks_per_worker, 1)
-    maximize = bool(getattr(strategy, "_maximize", False))
+    maximize = strategy.maximize
 
     def better(a: float, b: float) -> bool:
         return a > b if maximize else a < b

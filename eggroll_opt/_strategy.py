@@ -25,9 +25,9 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from ._population import NOISE_KINDS, LeafSpec, Population, leaf_noise
 from ._tree import flatten, unflatten
 from .optim import GradientTransformation, get_optimizer
 from .shaping import ShapingFunction, get_shaping
+
+if TYPE_CHECKING:
+    from ._evaluate import OptimizeResult
 
 NAN_POLICIES = ("worst", "raise")
 
@@ -256,6 +259,11 @@ class Eggroll:
         return self._generation
 
     @property
+    def maximize(self) -> bool:
+        """Whether higher fitness is better (``False``: fitness is minimized)."""
+        return self._maximize
+
+    @property
     def popsize(self) -> int:
         """Members per generation."""
         return self._popsize
@@ -370,6 +378,30 @@ class Eggroll:
         self._population = None
         self._generation += 1
         return self._stats(values, gradient_norm)
+
+    def optimize(
+        self, fitness_fn: Callable[[Any], Any], generations: int, **options: Any
+    ) -> OptimizeResult:
+        """Run ask / evaluate / tell for up to ``generations`` generations.
+
+        The same as ``eggroll_opt.optimize(self, fitness_fn, generations, **options)``; see
+        :func:`eggroll_opt.optimize` for the options (``executor``, ``vectorized``,
+        ``callbacks``, ``progress``, ``checkpoint``, ``checkpoint_every``, ``target``,
+        ``patience``, ``timeout``, ``max_retries``, ``failure_policy``,
+        ``chunks_per_worker``).
+
+        Example:
+            >>> import numpy as np, eggroll_opt as eo
+            >>> es = eo.Eggroll({"w": np.zeros((3, 4))}, popsize=16, sigma=0.1,
+            ...                 learning_rate=0.05, seed=0, backend="numpy")
+            >>> result = es.optimize(lambda p: float(np.sum((p["w"] - 1) ** 2)), 20,
+            ...                      progress=False)
+            >>> result.generations, es.generation
+            (20, 20)
+        """
+        from ._evaluate import optimize  # _evaluate builds on this module
+
+        return optimize(self, fitness_fn, generations, **options)
 
     def _validate_fitness(self, fitness: Any) -> np.ndarray:
         if isinstance(fitness, str | bytes | Mapping) or fitness is None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.stats import rankdata
 
 ShapingFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -37,6 +36,10 @@ def centered_rank(utility: np.ndarray) -> np.ndarray:
     size = utility.shape[0]
     if size == 1:
         return np.zeros(1)
+    # Imported here: ``scipy.stats`` takes seconds to import, and worker processes that only
+    # evaluate members (never shape fitness) should not pay for it.
+    from scipy.stats import rankdata
+
     failed = np.isnan(utility)
     ranks = np.empty(size)
     ranks[failed] = (failed.sum() + 1) / 2

@@ -98,15 +98,15 @@ def main(argv: list[str] | None = None) -> float:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # its HTTP server on a free local port
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,
     ):
         print(f"cluster of {args.workers} workers up in {time.perf_counter() - start:.1f} s")
         executor = DaskExecutor(client)
-        result = eo.optimize(
-            es, episode_cost, args.generations, executor=executor, callbacks=[log], progress=False
+        result = es.optimize(
+            episode_cost, args.generations, executor=executor, callbacks=[log], progress=False
         )
         executor.shutdown()
     final = episode_cost(eo.to_numpy(es.params))

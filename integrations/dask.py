@@ -19,6 +19,9 @@ How it uses Dask:
   again if the workers holding it die; scattered data would be lost with them.
 * **Every task has its own key** (``pure=False``, a fresh key per submission), so Dask never
   merges two submissions of the same chunk.
+* **A generation's chunks are spread,** one per worker thread (a loose preference: a chunk
+  whose worker is gone runs elsewhere); otherwise the scheduler would queue them all on the
+  worker that holds the payload.
 * **Results are gathered as tasks finish,** in batches, by one background thread.
 * **Retries are counted once.** A task whose worker dies is rerun by the scheduler up to its
   ``distributed.scheduler.allowed-failures`` setting (3 by default) before the task fails with
@@ -29,11 +32,16 @@ How it uses Dask:
 
 Dask cannot stop a task that is already running: after a generation's deadline the tasks still
 running finish on their workers and their results are dropped.
+
+For a cluster that must survive workers dying again and again, also raise
+``distributed.deploy.lost-worker-timeout`` above the time a worker takes to restart: when it
+expires while a worker is down, a ``LocalCluster`` closes that worker's nanny for good.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import pickle
 import queue
 import threading
@@ -157,9 +165,7 @@ class DaskExecutor(RemoteExecutor):
 
     def scheduler_allowed_failures(self) -> int:
         """The scheduler's ``allowed-failures``: how often it reruns a task whose worker died."""
-        return int(
-            self._client.run_on_scheduler(_allowed_failures)  # runs on the scheduler
-        )
+        return int(self._client.run_on_scheduler(_allowed_failures))
 
     # -- broadcast ----------------------------------------------------------------------------
     def broadcast(self, payload: Any) -> Broadcast:
@@ -236,7 +242,7 @@ class DaskExecutor(RemoteExecutor):
         if cancel_futures and links:
             self._client.cancel([dask_future for _, dask_future in links])
             for future, _ in links:
-                if not future.done():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
                     future.set_exception(concurrent.futures.CancelledError("executor shut down"))
         self._finished.put(_STOP)
         if wait and collector is not None:
@@ -282,18 +288,18 @@ class DaskExecutor(RemoteExecutor):
                 continue
             with self._lock:
                 self._links.pop(dask_future.key, None)
-            if future.done():
-                continue
-            if gather_error is not None:
-                future.set_exception(gather_error)
-            elif status == "finished" and dask_future.key in values:
-                future.set_result(values[dask_future.key])
-            elif status == "error":
-                future.set_exception(_task_exception(dask_future))
-            else:
-                future.set_exception(
-                    concurrent.futures.CancelledError(f"Dask task {dask_future.key} was {status}")
-                )
+            try:
+                if gather_error is not None:
+                    future.set_exception(gather_error)
+                elif status == "finished" and dask_future.key in values:
+                    future.set_result(values[dask_future.key])
+                elif status == "error":
+                    future.set_exception(_task_exception(dask_future))
+                else:
+                    message = f"Dask task {dask_future.key} was {status}"
+                    future.set_exception(concurrent.futures.CancelledError(message))
+            except concurrent.futures.InvalidStateError:  # resolved already (shutdown)
+                pass
 
 
 def _task_exception(dask_future: Any) -> BaseException:

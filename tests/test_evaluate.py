@@ -671,6 +671,17 @@ def test_optimize_vectorized_matches_per_member():
     np.testing.assert_array_equal(a.params["w"], b.params["w"])
 
 
+def test_method_optimize_is_the_function():
+    a, b = small_strategy(), small_strategy()
+    by_function = eo.optimize(a, _target_loss, 6, progress=False, patience=3)
+    by_method = b.optimize(_target_loss, 6, progress=False, patience=3)
+    np.testing.assert_array_equal(a.params["w"], b.params["w"])
+    assert by_method.generations == by_function.generations == b.generation
+    assert by_method.best_fitness == by_function.best_fitness
+    with pytest.raises(TypeError, match="unknown_option"):
+        b.optimize(_target_loss, 2, unknown_option=1)
+
+
 def test_optimize_stops_early():
     stopped = eo.optimize(
         small_strategy(),

@@ -60,7 +60,7 @@ def client():
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # its HTTP server on a free local port
             silence_logs=logging.CRITICAL,
         )
         dask_client = distributed.Client(cluster)

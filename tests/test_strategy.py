@@ -131,6 +131,7 @@ def test_maximize_flips_the_direction():
             maximize=maximize,
             seed=2,
         )
+        assert es.maximize is maximize
         pop = es.ask()
         steps[maximize] = _sgd_step_equals_gradient(es, pop, np.arange(6.0))["w"]
     np.testing.assert_allclose(steps[True], -steps[False])
