@@ -20,7 +20,26 @@ import numpy as np
 
 ShapingFunction = Callable[[np.ndarray], np.ndarray]
 
-__all__ = ["centered_rank", "get_shaping", "group_zscore", "raw", "zscore"]
+__all__ = ["average_ranks", "centered_rank", "get_shaping", "group_zscore", "raw", "zscore"]
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values`` (no NaN), ties sharing their mean rank.
+
+    The same as ``scipy.stats.rankdata(values)`` (its "average" method), without importing
+    ``scipy.stats``, which takes seconds: worker processes and short scripts call this early.
+
+    Example:
+        >>> average_ranks(np.array([3.0, 1.0, 3.0, -np.inf]))
+        array([3.5, 2. , 3.5, 1. ])
+    """
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first of each tie group
+    counts = np.diff(np.r_[starts, ordered.size])
+    ranks = np.empty(ordered.size)
+    ranks[order] = np.repeat(starts + (counts + 1) / 2, counts)
+    return ranks
 
 
 def centered_rank(utility: np.ndarray) -> np.ndarray:
@@ -36,14 +55,10 @@ def centered_rank(utility: np.ndarray) -> np.ndarray:
     size = utility.shape[0]
     if size == 1:
         return np.zeros(1)
-    # Imported here: ``scipy.stats`` takes seconds to import, and worker processes that only
-    # evaluate members (never shape fitness) should not pay for it.
-    from scipy.stats import rankdata
-
     failed = np.isnan(utility)
     ranks = np.empty(size)
     ranks[failed] = (failed.sum() + 1) / 2
-    ranks[~failed] = rankdata(utility[~failed]) + failed.sum()
+    ranks[~failed] = average_ranks(utility[~failed]) + failed.sum()
     return (ranks - 1) / (size - 1) - 0.5
 
 

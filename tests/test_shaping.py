@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy.stats import rankdata
 
 from eggroll_opt import shaping
 
@@ -29,6 +30,18 @@ def test_centered_rank_range_order_and_sum(utility):
     assert abs(z.sum()) < 1e-9
     order = np.argsort(utility, kind="stable")
     assert np.all(np.diff(z[order]) >= -1e-12)
+
+
+@given(
+    arrays(
+        np.float64,
+        st.integers(1, 60),
+        elements=st.sampled_from([-np.inf, -2.0, -0.0, 0.0, 0.5, 1.0, 3.0, np.inf]),
+    )
+    | finite_utilities
+)
+def test_average_ranks_equal_scipy_rankdata(values):
+    np.testing.assert_array_equal(shaping.average_ranks(values), rankdata(values))
 
 
 def test_centered_rank_ties_share_their_rank():
