@@ -1,27 +1,48 @@
 """Train a small CNN on MNIST without gradients, evaluating the whole population at once.
 
-conv(1->8, 3x3, stride 2) -> relu -> conv(8->16, 3x3, stride 2) -> relu -> dense(784->64) ->
-relu -> dense(64->10). Each generation draws a mini-batch of training images shared by all
-members; fitness is the cross-entropy on it. Accuracy is measured on the 10,000 test images.
+conv(1->8, 3x3, stride 2) -> relu -> conv(8->16, 3x3, stride 2) -> relu -> dense(784->W) ->
+relu -> dense(W->10), written once as a :class:`_backprop.Sequential` spec (the same network
+the gradient baseline of ``mnist_comparison.py`` trains). Each generation draws a mini-batch of
+training images shared by all members; fitness is the cross-entropy on it and Adam takes the
+step (with ``--cosine`` its step size falls along a cosine to a tenth of ``--learning-rate``).
+Accuracy is measured on the 10,000 test images; the timings exclude those measurements.
 
 The data are read from the four standard IDX files in ``--mnist-dir`` or ``$EGGROLL_OPT_MNIST``.
+
+Example:
+    python examples/mnist.py --mnist-dir /path/to/mnist --plot mnist.png
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from typing import Any
 
 import numpy as np
+from _backprop import Sequential
+from _common import markdown_table, plot_curves, progress
 
 import eggroll_opt as eo
-from eggroll_opt import nn
+from eggroll_opt import nn, optim
 from eggroll_opt.datasets import load_mnist
 
+SPEC = [
+    ("conv2d", "c1", 2, 1),  # 8 x 14 x 14
+    ("relu",),
+    ("conv2d", "c2", 2, 1),  # 16 x 7 x 7
+    ("relu",),
+    ("flatten",),
+    ("dense", "fc"),
+    ("relu",),
+    ("dense", "out"),
+]
+cnn = Sequential(SPEC)  # the model: cnn(layers, images) for a population or one tree
 
-def init_cnn(seed: int = 0) -> dict[str, Any]:
-    """He-initialised float32 parameters of the CNN."""
+
+def init_cnn(seed: int = 0, width: int = 64) -> dict[str, Any]:
+    """He-initialised float32 parameters of the CNN with ``width`` hidden units."""
     rng = np.random.default_rng(seed)
 
     def layer(shape: tuple[int, ...]) -> dict[str, np.ndarray]:
@@ -32,17 +53,9 @@ def init_cnn(seed: int = 0) -> dict[str, Any]:
     return {
         "c1": layer((8, 1, 3, 3)),
         "c2": layer((16, 8, 3, 3)),
-        "fc": layer((64, 784)),
-        "out": layer((10, 64)),
+        "fc": layer((width, 784)),
+        "out": layer((10, width)),
     }
-
-
-def cnn(layers: Any, images: Any) -> Any:
-    """The model, written once for a population or for one parameter tree."""
-    h = nn.relu(layers.conv2d("c1", images, stride=2, padding=1))  # 8 x 14 x 14
-    h = nn.relu(layers.conv2d("c2", h, stride=2, padding=1))  # 16 x 7 x 7
-    h = nn.relu(layers.dense("fc", layers.flatten(h)))
-    return layers.dense("out", h)
 
 
 def prepare(data: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -81,6 +94,24 @@ def population_losses(
     )
 
 
+def cosine_adam(
+    learning_rate: float, steps: int, final_fraction: float = 0.1
+) -> optim.GradientTransformation:
+    """Adam whose step size falls along a cosine to ``final_fraction * learning_rate``."""
+
+    def init(params: dict[str, Any]) -> dict[str, int]:
+        return {"count": 0}
+
+    def update(grads: dict[str, Any], state: dict[str, int], params: dict[str, Any]) -> Any:
+        progress_ = min(state["count"], steps) / max(steps, 1)
+        factor = final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress_))
+        for grad in grads.values():
+            grad *= -learning_rate * factor
+        return grads, {"count": state["count"] + 1}
+
+    return optim.chain(optim.scale_by_adam(), optim.GradientTransformation(init, update))
+
+
 def train(
     strategy: str = "Eggroll",
     *,
@@ -91,50 +122,52 @@ def train(
     sigma: float,
     learning_rate: float,
     rank: int = 1,
-    chunk: int = 64,
+    width: int = 64,
+    schedule: bool = False,
+    chunk: int = 128,
     evaluate_every: int = 10,
     seed: int = 0,
-    progress: bool = True,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Run one strategy; returns its history (generation, seconds, test accuracy)."""
+    """Run one strategy (``"Eggroll"`` or ``"OpenES"``); returns its history and timings.
+
+    ``history`` holds ``(generation, training seconds, test accuracy)`` rows, from generation 0.
+    """
     train_images, train_labels, test_images, test_labels = data
     cls = eo.OpenES if strategy == "OpenES" else eo.Eggroll
     extra = {"rank": rank} if cls is eo.Eggroll else {}
+    optimizer = cosine_adam(learning_rate, generations) if schedule else "adam"
     es = cls(
-        init_cnn(seed),
+        init_cnn(seed, width),
         popsize=popsize,
         sigma=sigma,
         learning_rate=learning_rate,
+        optimizer=optimizer,
         seed=seed,
         backend="numpy",
         **extra,
     )
     rng = np.random.default_rng(seed + 1)
-    history, seconds, times = (
-        [(0, 0.0, test_accuracy(es.params, test_images, test_labels))],
-        0.0,
-        [],
-    )
-    bar = _progress(generations, strategy) if progress else None
-    for generation in range(1, generations + 1):
-        start = time.perf_counter()
-        index = rng.choice(len(train_images), batch, replace=False)
-        losses = population_losses(es.ask(), train_images[index], train_labels[index], chunk)
-        stats = es.tell(losses)
-        times.append(time.perf_counter() - start)
-        seconds += times[-1]
-        if generation % evaluate_every == 0 or generation == generations:
-            accuracy = test_accuracy(es.params, test_images, test_labels)
-            history.append((generation, seconds, accuracy))
-            if bar is not None:
-                bar.set_postfix(loss=f"{stats.mean_fitness:.3f}", test_acc=f"{accuracy:.3f}")
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    history = [(0, 0.0, test_accuracy(es.params, test_images, test_labels))]
+    seconds, times = 0.0, []
+    name = "EGGROLL" if cls is eo.Eggroll else "OpenES"
+    with progress(generations, name, enabled=show_progress) as bar:
+        for generation in range(1, generations + 1):
+            start = time.perf_counter()
+            index = rng.choice(len(train_images), batch, replace=False)
+            losses = population_losses(es.ask(), train_images[index], train_labels[index], chunk)
+            stats = es.tell(losses)
+            times.append(time.perf_counter() - start)
+            seconds += times[-1]
+            if generation % evaluate_every == 0 or generation == generations:
+                accuracy = test_accuracy(es.params, test_images, test_labels)
+                history.append((generation, seconds, accuracy))
+                bar.set_postfix_str(f"loss={stats.mean_fitness:.3f} test_acc={accuracy:.3f}")
+            bar.update()
     return {
-        "strategy": f"{strategy}" + (f" r={rank}" if cls is eo.Eggroll else ""),
+        "strategy": name + (f" (rank {rank})" if cls is eo.Eggroll else " (full-rank)"),
         "history": history,
+        "generations": generations,
         "seconds_per_generation": float(np.median(times)),
         "total_seconds": seconds,
         "initial_accuracy": history[0][2],
@@ -143,37 +176,16 @@ def train(
     }
 
 
-def _progress(total: int, name: str) -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=name, unit="gen")
-
-
-def plot(results: list[dict[str, Any]], path: str) -> None:
-    """Test accuracy against generations and wall time (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for result in results:
-        history = np.array(result["history"])
-        axes[0].plot(history[:, 0], history[:, 2], "o-", label=result["strategy"])
-        axes[1].plot(history[:, 1], history[:, 2], "o-", label=result["strategy"])
-    axes[0].set_xlabel("generation")
-    axes[1].set_xlabel("seconds")
-    axes[0].set_ylabel("test accuracy")
-    axes[0].legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    print(f"plot: {path}")
+def curve(result: dict[str, Any], label: str | None = None) -> dict[str, dict[str, list]]:
+    """A result's history in the form :func:`_common.plot_curves` takes."""
+    history = np.array(result["history"], dtype=float)
+    return {
+        label or result["strategy"]: {
+            "generation": list(history[:, 0]),
+            "seconds": list(history[:, 1]),
+            "test accuracy": list(history[:, 2]),
+        }
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -183,17 +195,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--mnist-dir", help="folder with the IDX files ($EGGROLL_OPT_MNIST)")
     parser.add_argument("--generations", type=int, default=100)
     parser.add_argument("--popsize", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=64, help="training images per generation")
+    parser.add_argument("--batch", type=int, default=128, help="training images per generation")
     parser.add_argument("--sigma", type=float, default=0.02)
-    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--learning-rate", type=float, default=0.01, help="Adam's initial step")
+    parser.add_argument("--cosine", action="store_true", help="cosine decay of the step size")
     parser.add_argument("--rank", type=int, default=1)
-    parser.add_argument("--chunk", type=int, default=64, help="members per forward part")
+    parser.add_argument("--width", type=int, default=64, help="hidden units of the dense layer")
+    parser.add_argument("--chunk", type=int, default=128, help="members per forward part")
+    parser.add_argument("--evaluate-every", type=int, default=0, help="default: generations/10")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="", help="PNG path for the accuracy plot")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quick", action="store_true", help="a few seconds, for CI")
     args = parser.parse_args(argv)
     if args.quick:
-        args.generations, args.popsize, args.batch, args.learning_rate = 12, 32, 64, 0.03
+        args.generations, args.popsize, args.batch = 12, 32, 64
+        args.learning_rate = max(args.learning_rate, 0.03)
     data = prepare(load_mnist(args.mnist_dir))
     result = train(
         "Eggroll",
@@ -204,18 +221,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sigma=args.sigma,
         learning_rate=args.learning_rate,
         rank=args.rank,
+        width=args.width,
+        schedule=args.cosine,
         chunk=args.chunk,
         seed=args.seed,
-        evaluate_every=max(1, args.generations // 10),
+        evaluate_every=args.evaluate_every or max(1, args.generations // 10),
+        show_progress=not args.no_progress,
     )
-    print(
-        f"\n| strategy | params | generations | s / generation | total s | test accuracy |\n"
-        f"|---|---:|---:|---:|---:|---:|\n| {result['strategy']} | {result['params']} | "
-        f"{args.generations} | {result['seconds_per_generation']:.3f} | "
-        f"{result['total_seconds']:.1f} | {result['test_accuracy']:.4f} |"
-    )
+    row = {
+        "strategy": result["strategy"],
+        "params": result["params"],
+        "popsize": args.popsize,
+        "generations": args.generations,
+        "s / generation": result["seconds_per_generation"],
+        "total s": result["total_seconds"],
+        "test accuracy": result["test_accuracy"],
+    }
+    print("\n" + markdown_table([row]))
     if args.plot:
-        plot([result], args.plot)
+        plot_curves(curve(result), args.plot, y="test accuracy", title="MNIST CNN, EGGROLL")
     return result
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))  # the examples import their shared ``_common`` module
 
 
 def _load(name: str):
@@ -31,3 +33,144 @@ MNIST = EXAMPLES.parent.parent / "shared" / "data" / "mnist"
 def test_mnist_example_learns():
     result = _load("mnist").main(["--quick", "--mnist-dir", str(MNIST)])
     assert result["test_accuracy"] > result["initial_accuracy"] + 0.05
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), (2, 0)])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_backprop_gradients_match_finite_differences(stride, padding, loss):
+    import numpy as np
+
+    from eggroll_opt import nn
+
+    backprop = _load("_backprop")
+    rng = np.random.default_rng(stride * 10 + padding)
+    model = backprop.Sequential(
+        [
+            ("conv2d", "c1", stride, padding),
+            ("tanh",),
+            ("conv2d", "c2", 1, padding),
+            ("relu",),
+            ("flatten",),
+            ("dense", "fc"),
+            ("tanh",),
+            ("dense", "out"),
+        ]
+    )
+    x = rng.standard_normal((3, 2, 7, 6))
+    side = [((7 + 2 * padding - 3) // stride + 1), ((6 + 2 * padding - 3) // stride + 1)]
+    side = [s + 2 * padding - 1 for s in side]  # after the 2x2 kernel of c2
+    params = {
+        "c1": {"w": rng.standard_normal((3, 2, 3, 3)), "b": rng.standard_normal(3)},
+        "c2": {"w": rng.standard_normal((4, 3, 2, 2))},  # no bias
+        "fc": {"w": 0.3 * rng.standard_normal((5, 4 * side[0] * side[1])), "b": np.ones(5)},
+        "out": {"w": rng.standard_normal((3, 5)), "b": rng.standard_normal(3)},
+    }
+    outputs = model(nn.ParamsLayers(params), x)
+    value, grads = model.loss_and_grad(params, x, outputs, "mse")
+    assert value < 1e-28  # its own forward pass gives nn.ParamsLayers' outputs
+    targets = rng.standard_normal(outputs.shape) if loss == "mse" else rng.integers(0, 3, 3)
+    value, grads = model.loss_and_grad(params, x, targets, loss)
+    assert grads.keys() == params.keys()
+    step = 1e-6
+    for name, layer in params.items():
+        assert grads[name].keys() == layer.keys()
+        for key, leaf in layer.items():
+            assert grads[name][key].shape == leaf.shape and grads[name][key].dtype == leaf.dtype
+            numeric = np.zeros_like(leaf)
+            for index in np.ndindex(leaf.shape):
+                saved = leaf[index]
+                leaf[index] = saved + step
+                above = model.loss_and_grad(params, x, targets, loss)[0]
+                leaf[index] = saved - step
+                below = model.loss_and_grad(params, x, targets, loss)[0]
+                leaf[index] = saved
+                numeric[index] = (above - below) / (2 * step)
+            np.testing.assert_allclose(grads[name][key], numeric, rtol=1e-5, atol=1e-7)
+    if loss == "cross_entropy":
+        np.testing.assert_allclose(value, float(nn.cross_entropy(outputs, targets)), rtol=1e-12)
+
+
+def test_backprop_forward_equals_params_layers_and_keeps_float32():
+    import numpy as np
+
+    import eggroll_opt as eo
+    from eggroll_opt import nn
+
+    backprop = _load("_backprop")
+    rng = np.random.default_rng(1)
+    model = backprop.Sequential([("conv2d", "c", 2, 1), ("relu",), ("flatten",), ("dense", "out")])
+    params = {
+        "c": {"w": rng.standard_normal((4, 1, 3, 3)).astype(np.float32)},
+        "out": {
+            "w": rng.standard_normal((2, 4 * 4 * 4)).astype(np.float32),
+            "b": np.zeros(2, np.float32),
+        },
+    }
+    x = rng.standard_normal((5, 1, 8, 8)).astype(np.float32)
+    outputs = model(nn.ParamsLayers(params), x)
+    assert outputs.shape == (5, 2) and outputs.dtype == np.float32
+    value, grads = model.loss_and_grad(params, x, np.zeros((5, 2), np.float32), "mse")
+    np.testing.assert_allclose(value, np.mean(outputs.astype(np.float64) ** 2), rtol=1e-5)
+    pop = eo.Eggroll(params, popsize=4, sigma=0.1, learning_rate=0.1, seed=0, backend="numpy").ask()
+    population_outputs = model(nn.PopulationLayers(pop), x)
+    assert population_outputs.shape == (4, 5, 2)
+    np.testing.assert_allclose(
+        population_outputs[3], model(nn.ParamsLayers(pop[3].params()), x), rtol=1e-4, atol=1e-5
+    )
+    assert all(g.dtype == np.float32 for layer in grads.values() for g in layer.values())
+    with pytest.raises(ValueError, match="unknown layer entry"):
+        backprop.Sequential([("pool", 2)])
+
+
+def test_parameter_matching_example_learns(capsys):
+    result = _load("parameter_matching").main(["--quick", "--no-progress"])
+    methods = {r["method"]: r for r in result["results"]}
+    assert len(methods) == 5
+    for r in methods.values():  # every method's held-out loss fell below its initial value
+        assert r["relative_loss"] < 1.0, (r["method"], r["relative_loss"])
+    assert methods["Adam (backprop)"]["relative_loss"] < 0.5
+    assert "| mlp | EGGROLL r=1 |" in capsys.readouterr().out
+
+
+def test_run_all_comparisons_example_learns(tmp_path):
+    plot = tmp_path / "comparisons.png"
+    result = _load("run_all_comparisons").main(["--quick", "--no-progress", "--plot", str(plot)])
+    assert {(r["arch"], r["method"]) for r in result["results"]} == {
+        (arch, method)
+        for arch in ("mlp", "cnn", "policy")
+        for method in ("EGGROLL r=1", "EGGROLL r=2", "EGGROLL r=4", "OpenES", "Adam (backprop)")
+    }
+    for r in result["results"]:
+        assert r["relative_loss"] < 1.0, (r["arch"], r["method"], r["relative_loss"])
+    assert plot.stat().st_size > 0
+
+
+def test_cartpole_example_learns(capsys):
+    pytest.importorskip("gymnasium")
+    result = _load("cartpole").main(["--quick", "--no-progress"])["Eggroll r=1"]
+    population = result["curve"]["population"]  # mean return of each generation's population
+    assert population[-1] > 2 * population[0]
+    # live steps only: one reward of 1 per counted step, so steps = sum of first-episode returns
+    assert result["env_steps"] == round(32 * sum(population))
+    assert "| Eggroll r=1 |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="the shared MNIST copy is not beside the repository")
+def test_mnist_comparison_example_learns(capsys):
+    results = _load("mnist_comparison").main(
+        ["--quick", "--no-progress", "--mnist-dir", str(MNIST)]
+    )
+    assert set(results) == {"EGGROLL", "OpenES", "SGD"}
+    for name, result in results.items():  # every method beat its initial test accuracy
+        assert result["test_accuracy"] > result["initial_accuracy"] + 0.03, name
+    assert "(NumPy backprop)" in capsys.readouterr().out
+
+
+def test_non_differentiable_example_learns(capsys):
+    results = _load("non_differentiable").main(["--quick", "--no-progress"])
+    assert set(results) == {"zero-one", "ternary", "tsp"}
+    for name, result in results.items():
+        gradient, (eggroll, _) = result["gradient"], result["runs"]
+        assert eggroll["final"] < eggroll["initial"], name  # EGGROLL improved the objective
+        assert eggroll["final"] < gradient["after_score"], name  # and beat gradient descent
+    assert "| tsp | OpenES |" in capsys.readouterr().out
