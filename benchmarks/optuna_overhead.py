@@ -138,14 +138,16 @@ def measure(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for mark in marks:
-            done = len(study.trials)
+            done = len(study.get_trials(deepcopy=False))  # study.trials copies every trial
             if prefill:
                 _prefill(study, dimension, mark - done, rng)
             else:
-                while len(study.trials) < mark and time.perf_counter() - start < max_seconds:
-                    study.optimize(objective, n_trials=1)
-            if len(study.trials) < mark:
-                result["stopped"] = {"trials": len(study.trials), "seconds": max_seconds}
+                left = max_seconds - (time.perf_counter() - start)
+                if left > 0:
+                    study.optimize(objective, n_trials=mark - done, timeout=left)
+            reached = len(study.get_trials(deepcopy=False))
+            if reached < mark:
+                result["stopped"] = {"trials": reached, "seconds": max_seconds}
                 break
             sampler_ms, sampler_cpu_ms, trial_ms = [], [], []
             for _ in range(window):
