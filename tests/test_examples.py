@@ -9,14 +9,22 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-sys.path.insert(0, str(EXAMPLES))  # the examples import their shared ``_common`` module
 
 
 def _load(name: str):
+    """Import an example as its script would run: with ``examples/`` on the import path.
+
+    The folder goes back off the path afterwards: ``examples/distributed.py`` would otherwise
+    shadow Dask's ``distributed`` package for the rest of the test session.
+    """
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(EXAMPLES))  # for the shared ``_common`` and ``_backprop``
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(EXAMPLES))
     return module
 
 
