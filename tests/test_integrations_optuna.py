@@ -543,6 +543,7 @@ def _audit_consistent(study, sampler: EggrollSampler) -> int:
     return len(members)
 
 
+@pytest.mark.filterwarnings("ignore:EggrollSampler samples:UserWarning")  # racing first trials
 def test_threads_share_one_sampler_consistently():
     def objective(trial):
         value = _mixed_objective(trial)
