@@ -138,6 +138,33 @@ class Sequential:
         return value, {name: grads[name] for name in params if name in grads}
 
 
+class Descent:
+    """Gradient descent on a :class:`Sequential`'s exact gradients, updating ``params`` in place.
+
+    ``optimizer`` is an :mod:`eggroll_opt.optim` transformation (``optim.adam(lr)``,
+    ``optim.momentum(lr)``, ...), the same ones the strategies use; they work on flat
+    ``{"layer/key": array}`` dicts, whose leaves here are the arrays of ``params`` themselves.
+    """
+
+    def __init__(self, model: Sequential, params: dict[str, Any], optimizer: Any) -> None:
+        self.model, self.params, self.optimizer = model, params, optimizer
+        self._flat = _paths(params)
+        self._state = optimizer.init(self._flat)
+
+    def step(self, x: np.ndarray, targets: Any, loss: str) -> float:
+        """One step on the batch ``(x, targets)``; returns the loss before the step."""
+        value, grads = self.model.loss_and_grad(self.params, x, targets, loss)
+        updates, self._state = self.optimizer.update(_paths(grads), self._state, self._flat)
+        for path, update in updates.items():
+            self._flat[path] += update
+        return value
+
+
+def _paths(tree: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``{"layer/key": leaf}`` views of a two-level parameter tree (the leaves are not copied)."""
+    return {f"{name}/{key}": leaf for name, layer in tree.items() for key, leaf in layer.items()}
+
+
 def _accumulate(
     grads: dict[str, Any], name: str, layer_grads: dict[str, Any], layer: Mapping[str, Any]
 ) -> None:

@@ -122,7 +122,6 @@ def train(
 ) -> dict[str, Any]:
     """Evolve one policy; returns its curves, the threshold crossing and the final evaluation."""
     cls = eo.OpenES if strategy == "OpenES" else eo.Eggroll
-    extra = {"rank": rank} if cls is eo.Eggroll else {}
     es = cls(
         init_policy(hidden, seed),
         popsize=popsize,
@@ -131,7 +130,7 @@ def train(
         seed=seed,
         maximize=True,
         backend="numpy",
-        **extra,
+        rank=rank,  # OpenES applies it only to leaves set to "lowrank"
     )
     train_env, check_env = make_env(popsize), make_env(check_episodes)
     seeds = np.random.SeedSequence(seed).generate_state(2 * generations + 1)

@@ -135,7 +135,6 @@ def train(
     """
     train_images, train_labels, test_images, test_labels = data
     cls = eo.OpenES if strategy == "OpenES" else eo.Eggroll
-    extra = {"rank": rank} if cls is eo.Eggroll else {}
     optimizer = cosine_adam(learning_rate, generations) if schedule else "adam"
     es = cls(
         init_cnn(seed, width),
@@ -145,7 +144,7 @@ def train(
         optimizer=optimizer,
         seed=seed,
         backend="numpy",
-        **extra,
+        rank=rank,  # OpenES applies it only to leaves set to "lowrank"
     )
     rng = np.random.default_rng(seed + 1)
     history = [(0, 0.0, test_accuracy(es.params, test_images, test_labels))]

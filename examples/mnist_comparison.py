@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 import numpy as np
+from _backprop import Descent
 from _common import markdown_table, plot_curves, progress
 from mnist import cnn, curve, init_cnn, prepare, test_accuracy, train
 
@@ -49,9 +50,7 @@ def train_sgd(
     """Minibatch SGD with momentum on the gradients of ``_backprop``; same keys as ``train``."""
     train_images, train_labels, test_images, test_labels = data
     params = init_cnn(seed, width)
-    flat = _flat(params)
-    optimizer = optim.momentum(learning_rate, momentum=momentum)
-    state = optimizer.init(flat)
+    descent = Descent(cnn, params, optim.momentum(learning_rate, momentum=momentum))
     rng = np.random.default_rng(seed + 1)
     history = [(0, 0.0, test_accuracy(params, test_images, test_labels))]
     seconds, times = 0.0, []
@@ -59,12 +58,7 @@ def train_sgd(
         for step in range(1, steps + 1):
             start = time.perf_counter()
             index = rng.choice(len(train_images), batch, replace=False)
-            loss, grads = cnn.loss_and_grad(
-                params, train_images[index], train_labels[index], "cross_entropy"
-            )
-            updates, state = optimizer.update(_flat(grads), state, flat)
-            flat = {path: value + updates[path] for path, value in flat.items()}
-            params = _nested(flat)
+            loss = descent.step(train_images[index], train_labels[index], "cross_entropy")
             times.append(time.perf_counter() - start)
             seconds += times[-1]
             if step % evaluate_every == 0 or step == steps:
@@ -80,20 +74,8 @@ def train_sgd(
         "total_seconds": seconds,
         "initial_accuracy": history[0][2],
         "test_accuracy": history[-1][2],
-        "params": sum(int(value.size) for value in flat.values()),
+        "params": sum(int(leaf.size) for layer in params.values() for leaf in layer.values()),
     }
-
-
-def _flat(tree: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {f"{name}/{key}": value for name, layer in tree.items() for key, value in layer.items()}
-
-
-def _nested(flat: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    tree: dict[str, dict[str, np.ndarray]] = {}
-    for path, value in flat.items():
-        name, key = path.split("/")
-        tree.setdefault(name, {})[key] = value
-    return tree
 
 
 def accuracy_at(result: dict[str, Any], generation: int) -> float:

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from _backprop import Sequential
+from _backprop import Descent, Sequential
 from _common import markdown_table, progress
 
 import eggroll_opt as eo
@@ -158,17 +158,10 @@ def run(
         return float(mse(model(nn.ParamsLayers(eo.to_numpy(params)), eval_x), eval_y))
 
     if method == "Adam (backprop)":
-        optimizer = eo.optim.adam(backprop_lr)
-        flat = {f"{n}/{k}": leaf for n, layer in student.items() for k, leaf in layer.items()}
-        state = optimizer.init(flat)
+        descent = Descent(model, student, eo.optim.adam(backprop_lr))
 
         def step(x: np.ndarray, y: np.ndarray) -> None:
-            nonlocal state
-            _, grads = model.loss_and_grad(student, x, y, "mse")
-            flat_grads = {f"{n}/{k}": g for n, layer in grads.items() for k, g in layer.items()}
-            updates, state = optimizer.update(flat_grads, state, flat)
-            for path, update in updates.items():
-                flat[path] += update  # in place: the leaves of ``student``
+            descent.step(x, y, "mse")  # in place: the leaves of ``student``
 
         def mean_params() -> dict[str, Any]:
             return student
