@@ -403,19 +403,10 @@ class Population(Sequence[Member]):
             input) or as one large GEMM (per-member input); each low-rank member then adds only
             ``s_i sigma / sqrt(r) * (x_i @ B_k) @ A_k.T``, which costs ``O(batch * r * (m + n))``.
         """
-        leaf = self._leaf(path)
-        if len(leaf.shape) < 2:
-            raise ValueError(f"`path` {path!r} is not a matrix leaf (shape {leaf.shape}).")
+        leaf, base, x = self._matrix_operand(path, x, axis=-1)
         xp = self._backend.xp
-        rows, columns = leaf.matrix_shape
-        base = self._base[path].reshape(rows, columns)
-        x = self._backend.asarray(x)
+        rows, columns = base.shape
         shared = x.ndim == 2
-        if not (shared or (x.ndim == 3 and x.shape[0] == self._popsize)) or x.shape[-1] != columns:
-            raise ValueError(
-                f"`x` must have shape (batch, {columns}) or ({self._popsize}, batch, {columns}), "
-                f"got {tuple(x.shape)}."
-            )
         batch = x.shape[-2]
         popsize, draws, group = self._popsize, self._popsize // self._group, self._group
         if leaf.kind == "frozen":
@@ -423,7 +414,7 @@ class Population(Sequence[Member]):
                 return xp.broadcast_to(x @ base.T, (popsize, batch, rows)).copy()
             return (x.reshape(-1, columns) @ base.T).reshape(popsize, batch, rows)
         # The correction of every member, laid out as (K, G·batch, m): member i = k·G + g.
-        signs = xp.asarray(self._signs * self._sigma, dtype=x.dtype).reshape(draws, group, 1, 1)
+        signs = self._scaled_signs(x.dtype)  # (K, G, 1, 1)
         if leaf.kind == "full":
             eps_t = self._noise[path].reshape(draws, rows, columns).transpose(0, 2, 1)
             inputs = x if shared else x.reshape(draws, group * batch, columns)
@@ -448,6 +439,69 @@ class Population(Sequence[Member]):
         else:
             correction += (x.reshape(-1, columns) @ base.T).reshape(popsize, batch, rows)
         return correction
+
+    def matmul(self, path: str, x: Any) -> Any:
+        """``(W + E_i) @ x_i`` for every member ``i`` at once: :meth:`linear` on column inputs.
+
+        ``x`` is (n, L) shared by all members or (popsize, n, L) per member (the layout of a
+        convolution's im2col patches, one column per output position) and the result is
+        (popsize, m, L): ``matmul(path, x)`` equals ``linear(path, x.T).swapaxes(-1, -2)``
+        without transposing either array. Each member costs one GEMM with ``W`` (a shared input:
+        one for all) plus ``s_i sigma / sqrt(r) * A_k @ (B_k.T @ x_i)``. For inputs with few
+        columns per member (a policy's single observation) :meth:`linear`'s one large GEMM is
+        faster.
+        """
+        leaf, base, x = self._matrix_operand(path, x, axis=-2)
+        (rows, columns), length = base.shape, x.shape[-1]
+        popsize, draws, group = self._popsize, self._popsize // self._group, self._group
+        shared, xp = x.ndim == 2, self._backend.xp
+        out = base @ x  # (m, L) shared, (N, m, L) per member
+        if leaf.kind == "frozen":
+            return xp.broadcast_to(out, (popsize, rows, length)).copy() if shared else out
+        # Member i = k·G + g: inputs seen as (K, G, n, L) (a view), corrections as (K, G, m, L).
+        signs = self._scaled_signs(x.dtype)  # (K, G, 1, 1)
+        inputs = x if shared else x.reshape(draws, group, columns, length)
+        if leaf.kind == "full":
+            eps = self._noise[path].reshape(draws, 1, rows, columns)
+            correction = (eps @ inputs) * signs
+        else:
+            left, right = self._noise[path]  # (K, m, r), (K, n, r)
+            rank = right.shape[2]
+            if shared:  # one GEMM against all K·r rows at once
+                stacked = right.transpose(0, 2, 1).reshape(draws * rank, columns)
+                projected = (stacked @ x).reshape(draws, 1, rank, length)
+            else:
+                projected = right.transpose(0, 2, 1)[:, None] @ inputs  # (K, G, r, L)
+            projected = projected * (signs / math.sqrt(rank))
+            left = left[:, None]  # (K, 1, m, r)
+            correction = left * projected if rank == 1 else left @ projected
+        correction = correction.reshape(popsize, rows, length)
+        correction += out  # broadcast over members when shared
+        return correction
+
+    def _scaled_signs(self, dtype: Any) -> Any:
+        """``s_i * sigma`` of every member on the backend, shaped (K, G, 1, 1): i = k·G + g."""
+        scaled = self._backend.xp.asarray(self._signs * self._sigma, dtype=dtype)
+        return scaled.reshape(self._popsize // self._group, self._group, 1, 1)
+
+    def _matrix_operand(self, path: str, x: Any, axis: int) -> tuple[LeafSpec, Any, Any]:
+        """The leaf, its (m, n) matrix view and ``x`` on the backend, ``x``'s shape checked.
+
+        ``x`` is one input (2-D) or one per member (3-D), its n axis at ``axis``: -1 for rows
+        of inputs (:meth:`linear`), -2 for columns (:meth:`matmul`).
+        """
+        leaf = self._leaf(path)
+        if len(leaf.shape) < 2:
+            raise ValueError(f"`path` {path!r} is not a matrix leaf (shape {leaf.shape}).")
+        rows, columns = leaf.matrix_shape
+        x = self._backend.asarray(x)
+        per_member_ok = x.ndim == 2 or x.shape[0] == self._popsize
+        if x.ndim not in (2, 3) or x.shape[axis] != columns or not per_member_ok:
+            item = f"batch, {columns}" if axis == -1 else f"{columns}, L"
+            raise ValueError(
+                f"`x` must have shape ({item}) or ({self._popsize}, {item}), got {tuple(x.shape)}."
+            )
+        return leaf, self._base[path].reshape(rows, columns), x
 
     def _leaf(self, path: str) -> LeafSpec:
         if path not in self._leaves:

@@ -115,28 +115,52 @@ def avg_pool2d(x: Any, size: int) -> Any:
 def patches(
     x: Any, kernel: tuple[int, ...], stride: int, padding: int
 ) -> tuple[Any, tuple[int, int]]:
-    """im2col: (..., C, H, W) -> (..., H_out * W_out, C * kh * kw), ordered like the kernel.
+    """im2col with the batch folded into the columns: (..., B, C, H, W) -> (..., C·kh·kw, B·L).
 
-    One strided view per kernel offset (a loop over ``kh * kw``, never over members).
+    Row ``(c, i, j)`` follows the kernel's (C, kh, kw) order and column ``(b, y, x)`` is image
+    ``b``'s output position, ``L = H_out · W_out``; so ``kernel.reshape(out, -1) @ columns``
+    is the convolution, laid out (out, B, H_out, W_out). The windows are one strided view of
+    the (zero-padded) input, written out in a single copy whose innermost runs go along an
+    image row.
     """
     xp = namespace_of(x)
+    if x.ndim < 4:
+        raise ValueError(f"`x` must be (..., batch, C, H, W), got shape {tuple(x.shape)}.")
     kh, kw = kernel
     if padding:
-        pad = [(0, 0)] * (x.ndim - 2) + [(padding, padding), (padding, padding)]
-        x = xp.pad(x, pad)
+        padded = xp.zeros(
+            (*x.shape[:-2], x.shape[-2] + 2 * padding, x.shape[-1] + 2 * padding), x.dtype
+        )
+        padded[..., padding:-padding, padding:-padding] = x
+        x = padded
     out_h = (x.shape[-2] - kh) // stride + 1
     out_w = (x.shape[-1] - kw) // stride + 1
     if out_h < 1 or out_w < 1:
         raise ValueError(f"the input {tuple(x.shape[-2:])} is smaller than the kernel {kernel}.")
-    views = [
-        x[..., i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    stacked = xp.stack(views, axis=-3)  # (..., C, kh*kw, out_h, out_w)
-    lead = stacked.shape[:-4]
-    columns = stacked.reshape(*lead, -1, out_h * out_w)
-    return xp.swapaxes(columns, -1, -2), (out_h, out_w)
+    *lead, batch, channels = x.shape[:-2]
+    *lead_strides, batch_stride, channel_stride, row_stride, column_stride = x.strides
+    windows = xp.lib.stride_tricks.as_strided(  # (..., C, kh, kw, B, H_out, W_out), a view
+        x,
+        (*lead, channels, kh, kw, batch, out_h, out_w),
+        (
+            *lead_strides,
+            channel_stride,
+            row_stride,
+            column_stride,
+            batch_stride,
+            row_stride * stride,
+            column_stride * stride,
+        ),
+    )
+    columns = windows.reshape(*lead, channels * kh * kw, batch * out_h * out_w)
+    return columns, (out_h, out_w)
+
+
+def _images_first(out: Any, batch: int, out_h: int, out_w: int) -> Any:
+    """(..., out, B·H·W) -> (..., B, out, H, W), contiguous."""
+    xp = namespace_of(out)
+    out = out.reshape(*out.shape[:-2], out.shape[-2], batch, out_h, out_w)
+    return xp.ascontiguousarray(xp.swapaxes(out, -4, -3))
 
 
 def _check_conv_input(x: Any, kernel_shape: tuple[int, ...], prefix: str) -> None:
@@ -201,23 +225,16 @@ class PopulationLayers:
 
         ``x`` is (batch, C, H, W) shared or (N, batch, C, H, W) per member; the kernel leaf
         ``prefix/w`` is (out, C, kh, kw) and its low-rank noise perturbs the (out, C·kh·kw)
-        matrix, so the population costs one GEMM on the im2col patches plus thin corrections.
+        matrix, so the population costs one GEMM on the im2col patches (per member, or one for
+        all with a shared input) plus thin corrections (:meth:`Population.matmul`).
         Returns (N, batch, out, H_out, W_out).
         """
-        shared = self._is_shared(x, 3)
+        self._is_shared(x, 3)
         kernel_shape = self._pop.leaf_shape(f"{prefix}/w")
         _check_conv_input(x, kernel_shape, prefix)
         columns, (out_h, out_w) = patches(x, kernel_shape[2:], stride, padding)
-        batch = x.shape[-4]
-        flat = (
-            columns.reshape(batch * out_h * out_w, -1)
-            if shared
-            else columns.reshape(len(self._pop), batch * out_h * out_w, -1)
-        )
-        out = self._pop.linear(f"{prefix}/w", flat)  # (N, batch·H·W, out)
-        out = out.reshape(len(self._pop), batch, out_h, out_w, -1)
-        xp = namespace_of(out)
-        out = xp.ascontiguousarray(out.transpose(0, 1, 4, 2, 3))
+        out = self._pop.matmul(f"{prefix}/w", columns)  # (N, out, batch·H·W)
+        out = _images_first(out, x.shape[-4], out_h, out_w)
         bias = self._bias(prefix)
         if bias is not None:
             out += bias[:, None, :, None, None]
@@ -251,10 +268,7 @@ class ParamsLayers:
         kernel = self._get(f"{prefix}/w")
         _check_conv_input(x, tuple(kernel.shape), prefix)
         columns, (out_h, out_w) = patches(x, tuple(kernel.shape[2:]), stride, padding)
-        batch = x.shape[0]
-        out = columns.reshape(batch * out_h * out_w, -1) @ kernel.reshape(kernel.shape[0], -1).T
-        xp = namespace_of(out)
-        out = xp.ascontiguousarray(out.reshape(batch, out_h, out_w, -1).transpose(0, 3, 1, 2))
+        out = _images_first(kernel.reshape(kernel.shape[0], -1) @ columns, x.shape[0], out_h, out_w)
         if f"{prefix}/b" in self._params:
             out = out + self._params[f"{prefix}/b"][:, None, None]
         return out

@@ -193,9 +193,8 @@ def _conv_forward(
 ) -> tuple[np.ndarray, tuple]:
     kernel = layer["w"]
     columns, (out_h, out_w) = patches(x, tuple(kernel.shape[2:]), stride, padding)
-    columns = columns.reshape(-1, columns.shape[-1])  # (batch·H_out·W_out, C·kh·kw)
-    out = columns @ kernel.reshape(kernel.shape[0], -1).T
-    out = out.reshape(x.shape[0], out_h, out_w, -1).transpose(0, 3, 1, 2)
+    out = kernel.reshape(kernel.shape[0], -1) @ columns  # (out, batch·H_out·W_out)
+    out = out.reshape(-1, x.shape[0], out_h, out_w).transpose(1, 0, 2, 3)
     if "b" in layer:
         out = out + layer["b"][:, None, None]
     return np.ascontiguousarray(out), (columns, x.shape)
@@ -208,22 +207,22 @@ def _conv_backward(
     kernel = layer["w"]
     out_channels, channels, kh, kw = kernel.shape
     batch, _, out_h, out_w = grad.shape
-    flat = grad.transpose(0, 2, 3, 1).reshape(-1, out_channels)  # (batch·H_out·W_out, out)
-    grads = {"w": (flat.T @ columns).reshape(kernel.shape)}
+    flat = grad.transpose(1, 0, 2, 3).reshape(out_channels, -1)  # (out, batch·H_out·W_out)
+    grads = {"w": (flat @ columns.T).reshape(kernel.shape)}
     if "b" in layer:
         grads["b"] = grad.sum(axis=(0, 2, 3))
     # col2im: scatter each kernel offset's column gradient back onto the (padded) input.
-    d_columns = (flat @ kernel.reshape(out_channels, -1)).reshape(
-        batch, out_h, out_w, channels, kh, kw
+    d_columns = (kernel.reshape(out_channels, -1).T @ flat).reshape(
+        channels, kh, kw, batch, out_h, out_w
     )
     height, width = x_shape[-2] + 2 * padding, x_shape[-1] + 2 * padding
     d_x = np.zeros((batch, channels, height, width), dtype=d_columns.dtype)
     rows, cols = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
     for i in range(kh):
         for j in range(kw):
-            d_x[:, :, i : i + rows : stride, j : j + cols : stride] += d_columns[
-                ..., i, j
-            ].transpose(0, 3, 1, 2)
+            d_x[:, :, i : i + rows : stride, j : j + cols : stride] += d_columns[:, i, j].transpose(
+                1, 0, 2, 3
+            )
     if padding:
         d_x = d_x[:, :, padding:-padding, padding:-padding]
     return grads, d_x

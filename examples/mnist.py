@@ -9,8 +9,10 @@ Accuracy is measured on the 10,000 test images; the timings exclude those measur
 
 The data are read from the four standard IDX files in ``--mnist-dir`` or ``$EGGROLL_OPT_MNIST``.
 
-Example:
-    python examples/mnist.py --mnist-dir /path/to/mnist --plot mnist.png
+Examples:
+    python examples/mnist.py --mnist-dir /path/to/mnist --plot mnist.png   # about 85%
+    # 95% takes a longer budget with a smaller, decaying step (3,000 generations):
+    python examples/mnist.py --mnist-dir DIR --generations 3000 --learning-rate 0.003 --cosine
 """
 
 from __future__ import annotations
@@ -124,14 +126,16 @@ def train(
     rank: int = 1,
     width: int = 64,
     schedule: bool = False,
-    chunk: int = 128,
+    chunk: int = 8,
     evaluate_every: int = 10,
     seed: int = 0,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Run one strategy (``"Eggroll"`` or ``"OpenES"``); returns its history and timings.
 
-    ``history`` holds ``(generation, training seconds, test accuracy)`` rows, from generation 0.
+    ``history`` holds ``(generation, training seconds, test accuracy)`` rows, from generation 0;
+    ``ask_tell_seconds`` is the median time per generation spent in ``ask`` and ``tell`` (noise,
+    shaping and update), the rest of ``seconds_per_generation`` is the population's forward.
     """
     train_images, train_labels, test_images, test_labels = data
     cls = eo.OpenES if strategy == "OpenES" else eo.Eggroll
@@ -148,15 +152,19 @@ def train(
     )
     rng = np.random.default_rng(seed + 1)
     history = [(0, 0.0, test_accuracy(es.params, test_images, test_labels))]
-    seconds, times = 0.0, []
+    seconds, times, strategy_times = 0.0, [], []  # strategy: ask + tell, without the forward
     name = "EGGROLL" if cls is eo.Eggroll else "OpenES"
     with progress(generations, name, enabled=show_progress) as bar:
         for generation in range(1, generations + 1):
             start = time.perf_counter()
             index = rng.choice(len(train_images), batch, replace=False)
-            losses = population_losses(es.ask(), train_images[index], train_labels[index], chunk)
+            pop = es.ask()
+            asked = time.perf_counter()
+            losses = population_losses(pop, train_images[index], train_labels[index], chunk)
+            evaluated = time.perf_counter()
             stats = es.tell(losses)
             times.append(time.perf_counter() - start)
+            strategy_times.append(times[-1] - (evaluated - asked))
             seconds += times[-1]
             if generation % evaluate_every == 0 or generation == generations:
                 accuracy = test_accuracy(es.params, test_images, test_labels)
@@ -168,6 +176,7 @@ def train(
         "history": history,
         "generations": generations,
         "seconds_per_generation": float(np.median(times)),
+        "ask_tell_seconds": float(np.median(strategy_times)),
         "total_seconds": seconds,
         "initial_accuracy": history[0][2],
         "test_accuracy": history[-1][2],
@@ -200,7 +209,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cosine", action="store_true", help="cosine decay of the step size")
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--width", type=int, default=64, help="hidden units of the dense layer")
-    parser.add_argument("--chunk", type=int, default=128, help="members per forward part")
+    parser.add_argument(
+        "--chunk", type=int, default=8, help="members per forward part (small parts stay in cache)"
+    )
     parser.add_argument("--evaluate-every", type=int, default=0, help="default: generations/10")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="", help="PNG path for the accuracy plot")

@@ -31,25 +31,38 @@ def _reference_conv(x, kernel, bias, stride, padding):
     channels=st.integers(1, 3),
     out_channels=st.integers(1, 4),
     size=st.integers(3, 7),
-    kernel=st.integers(1, 3),
-    stride=st.integers(1, 2),
-    padding=st.integers(0, 1),
+    kernel_h=st.integers(1, 3),
+    kernel_w=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 2),
+    fortran_order=st.booleans(),
     rank=st.integers(1, 2),
     per_member=st.booleans(),
     kind=st.sampled_from(["lowrank", "full"]),
     backend_name=st.sampled_from(["numpy", "numpy-arrays"]),
 )
 def test_population_conv2d_equals_each_member(
-    channels, out_channels, size, kernel, stride, padding, rank, per_member, kind, backend_name
+    channels,
+    out_channels,
+    size,
+    kernel_h,
+    kernel_w,
+    stride,
+    padding,
+    fortran_order,
+    rank,
+    per_member,
+    kind,
+    backend_name,
 ):
     rng = np.random.default_rng(size)
     params = {
         "conv": {
-            "w": rng.standard_normal((out_channels, channels, kernel, kernel)),
+            "w": rng.standard_normal((out_channels, channels, kernel_h, kernel_w)),
             "b": rng.standard_normal(out_channels),
         }
     }
-    rank = min(rank, out_channels, channels * kernel * kernel)
+    rank = min(rank, out_channels, channels * kernel_h * kernel_w)
     es = eo.Eggroll(
         params,
         popsize=4,
@@ -64,6 +77,8 @@ def test_population_conv2d_equals_each_member(
     x = rng.standard_normal(
         (4, 2, channels, size, size) if per_member else (2, channels, size, size)
     )
+    if fortran_order:  # same values, reversed strides: the windows must follow x's strides
+        x = np.asfortranarray(x)
     out = host(nn.PopulationLayers(pop).conv2d("conv", x, stride=stride, padding=padding))
     for i in range(4):
         member = host(pop[i].params())["conv"]

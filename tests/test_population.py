@@ -115,6 +115,19 @@ def test_stacked_matches_member_params(backend):
             )
 
 
+@pytest.mark.parametrize("kind", ["lowrank", "full", "frozen"])
+@pytest.mark.parametrize("per_member", [False, True])
+def test_matmul_is_linear_on_columns(backend, kind, per_member):
+    es = _strategy(backend, {"w": (5, 4, 3), "b": (5,)}, rank=2, noise_kinds={"w": kind})
+    pop = es.ask()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((len(pop), 7, 12) if per_member else (7, 12)).astype(np.float32)
+    rows = host(pop.linear("w", x))
+    columns = host(pop.matmul("w", np.ascontiguousarray(np.swapaxes(x, -1, -2))))
+    assert columns.shape == (len(pop), 5, 7)
+    np.testing.assert_allclose(columns, np.swapaxes(rows, -1, -2), rtol=1e-5, atol=1e-5)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     rows=st.integers(1, 9),
@@ -128,7 +141,7 @@ def test_stacked_matches_member_params(backend):
     dtype=st.sampled_from([np.float32, np.float64]),
     backend_name=st.sampled_from(["numpy", "numpy-arrays"]),
 )
-def test_linear_equals_materialised_members(
+def test_linear_and_matmul_equal_materialised_members(
     rows, columns, batch, half_popsize, rank, kind, mirrored, per_member, dtype, backend_name
 ):
     rank = min(rank, rows, columns)
@@ -153,11 +166,14 @@ def test_linear_equals_materialised_members(
     x = x.astype(dtype)
     out = host(pop.linear("w", x))
     assert out.shape == (popsize, batch, rows) and out.dtype == dtype
+    columns_out = host(pop.matmul("w", np.ascontiguousarray(np.swapaxes(x, -1, -2))))
+    assert columns_out.shape == (popsize, rows, batch) and columns_out.dtype == dtype
     for i in range(popsize):
         w = host(pop[i].params()["w"])
         expected = (x[i] if per_member else x) @ w.T
         tolerance = 1e-4 if dtype == np.float32 else 1e-10
         np.testing.assert_allclose(out[i], expected, rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(columns_out[i], expected.T, rtol=tolerance, atol=tolerance)
 
 
 def test_linear_rejects_bad_shapes():
@@ -174,6 +190,10 @@ def test_linear_rejects_bad_shapes():
         pop.linear("w", np.zeros((2, 3)))
     with pytest.raises(ValueError, match="is not a matrix leaf"):
         pop.linear("b", np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"`x` must have shape \(4, L\) or \(4, 4, L\)"):
+        pop.matmul("w", np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="is not a matrix leaf"):
+        pop.matmul("b", np.zeros((3, 2)))
     with pytest.raises(KeyError, match="no leaf 'nope'"):
         pop.linear("nope", np.zeros((2, 4)))
 
