@@ -4,7 +4,9 @@ A :class:`Sequential` is a list of layer entries. Called with an :mod:`eggroll_o
 object it is an ordinary model function (a whole population through
 :class:`~eggroll_opt.nn.PopulationLayers`, one tree through :class:`~eggroll_opt.nn.ParamsLayers`),
 so one spec serves the strategies and gradient descent. :meth:`Sequential.loss_and_grad` runs
-the same network forward on one parameter tree and back again.
+the same network forward on one parameter tree and back again;
+:meth:`Sequential.torch_loss_and_grad` gets the same gradients from PyTorch's autograd on the
+CPU, where PyTorch is installed (it is optional: ``pip install torch``).
 
 Conventions are those of :mod:`eggroll_opt.nn`: layer ``name`` reads ``params[name]["w"]`` and
 the optional ``params[name]["b"]``; a dense ``w`` is (out, in) and the layer computes
@@ -27,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +39,7 @@ from eggroll_opt import nn
 from eggroll_opt.nn import patches
 
 LOSSES = ("mse", "cross_entropy")
+GRADIENTS = ("numpy", "torch")
 _ARITY = {"dense": 2, "conv2d": 4, "relu": 1, "tanh": 1, "flatten": 1}
 
 
@@ -137,6 +141,51 @@ class Sequential:
                 grad = grad.reshape(cache.shape)
         return value, {name: grads[name] for name in params if name in grads}
 
+    def torch_loss_and_grad(
+        self, params: Mapping[str, Any], x: Any, targets: Any, loss: str
+    ) -> tuple[float, dict[str, Any]]:
+        """:meth:`loss_and_grad` computed by PyTorch's autograd on the CPU (NumPy in and out)."""
+        import torch
+        import torch.nn.functional as F
+
+        if loss not in LOSSES:
+            raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}.")
+        leaves = {
+            name: {
+                key: torch.from_numpy(np.array(value)).requires_grad_()
+                for key, value in layer.items()
+            }
+            for name, layer in params.items()
+        }
+        h = torch.from_numpy(np.ascontiguousarray(x))
+        for kind, *fields in self.spec:
+            if kind == "dense":
+                h = F.linear(h, leaves[fields[0]]["w"], leaves[fields[0]].get("b"))
+            elif kind == "conv2d":
+                layer = leaves[fields[0]]
+                h = F.conv2d(h, layer["w"], layer.get("b"), stride=fields[1], padding=fields[2])
+            elif kind == "relu":
+                h = torch.relu(h)
+            elif kind == "tanh":
+                h = torch.tanh(h)
+            else:
+                h = h.reshape(h.shape[0], -1)
+        if loss == "mse":
+            value = ((h - torch.as_tensor(np.asarray(targets), dtype=h.dtype)) ** 2).mean()
+        else:
+            value = F.cross_entropy(h, torch.as_tensor(np.asarray(targets), dtype=torch.long))
+        value.backward()
+        grads = {
+            name: {key: leaf.grad.numpy() for key, leaf in layer.items() if leaf.grad is not None}
+            for name, layer in leaves.items()
+        }
+        return float(value.detach()), {name: layer for name, layer in grads.items() if layer}
+
+
+def torch_available() -> bool:
+    """Whether PyTorch can be imported (it is not a dependency of the project)."""
+    return importlib.util.find_spec("torch") is not None
+
 
 class Descent:
     """Gradient descent on a :class:`Sequential`'s exact gradients, updating ``params`` in place.
@@ -144,16 +193,27 @@ class Descent:
     ``optimizer`` is an :mod:`eggroll_opt.optim` transformation (``optim.adam(lr)``,
     ``optim.momentum(lr)``, ...), the same ones the strategies use; they work on flat
     ``{"layer/key": array}`` dicts, whose leaves here are the arrays of ``params`` themselves.
+    ``gradients`` says where the gradients come from: ``"numpy"`` (this module's reverse mode)
+    or ``"torch"`` (PyTorch's autograd; the update is the same NumPy arithmetic either way).
     """
 
-    def __init__(self, model: Sequential, params: dict[str, Any], optimizer: Any) -> None:
+    def __init__(
+        self, model: Sequential, params: dict[str, Any], optimizer: Any, gradients: str = "numpy"
+    ) -> None:
+        if gradients not in GRADIENTS:
+            raise ValueError(f"`gradients` must be one of {GRADIENTS}, got {gradients!r}.")
+        if gradients == "torch" and not torch_available():
+            raise ValueError("`gradients='torch'` needs PyTorch: pip install torch.")
         self.model, self.params, self.optimizer = model, params, optimizer
+        self._loss_and_grad = (
+            model.torch_loss_and_grad if gradients == "torch" else model.loss_and_grad
+        )
         self._flat = _paths(params)
         self._state = optimizer.init(self._flat)
 
     def step(self, x: np.ndarray, targets: Any, loss: str) -> float:
         """One step on the batch ``(x, targets)``; returns the loss before the step."""
-        value, grads = self.model.loss_and_grad(self.params, x, targets, loss)
+        value, grads = self._loss_and_grad(self.params, x, targets, loss)
         updates, self._state = self.optimizer.update(_paths(grads), self._state, self._flat)
         for path, update in updates.items():
             self._flat[path] += update

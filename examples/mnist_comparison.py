@@ -9,9 +9,10 @@ on mini-batches of ``--batch`` training images:
 * **OpenES**: ``eggroll_opt.OpenES`` (the plain "SimpleES" baseline): full-rank Gaussian noise
   on every parameter, with the same CNN, popsize, fitness, shaping and optimizer (Adam);
   ``--openes-generations`` caps its budget when the full one would take too long;
-* **SGD**: minibatch gradient descent with momentum on exact gradients. PyTorch is not used:
-  the gradients come from ``_backprop.Sequential.loss_and_grad``, reverse mode written out by
-  hand in NumPy.
+* **SGD**: minibatch gradient descent with momentum on exact gradients, from PyTorch's autograd
+  on the CPU where PyTorch is installed, else from ``_backprop.Sequential.loss_and_grad``
+  (reverse mode written out by hand in NumPy); ``--sgd-gradients`` chooses, and the table says
+  which was used. The momentum update itself is the same NumPy code either way.
 
 Reported: test accuracy on the 10,000 test images, the median time per generation (per step for
 SGD), the part of it spent in ``ask`` and ``tell`` (the noise and the update, which is all that
@@ -29,7 +30,7 @@ import time
 from typing import Any
 
 import numpy as np
-from _backprop import Descent
+from _backprop import Descent, torch_available
 from _common import markdown_table, plot_curves, progress
 from mnist import cnn, curve, init_cnn, prepare, test_accuracy, train
 
@@ -47,12 +48,16 @@ def train_sgd(
     width: int = 64,
     evaluate_every: int = 10,
     seed: int = 0,
+    gradients: str = "numpy",
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Minibatch SGD with momentum on the gradients of ``_backprop``; same keys as ``train``."""
+    """Minibatch SGD with momentum on exact gradients (``gradients``: ``"numpy"`` or ``"torch"``).
+
+    Returns the keys of ``train``.
+    """
     train_images, train_labels, test_images, test_labels = data
     params = init_cnn(seed, width)
-    descent = Descent(cnn, params, optim.momentum(learning_rate, momentum=momentum))
+    descent = Descent(cnn, params, optim.momentum(learning_rate, momentum=momentum), gradients)
     rng = np.random.default_rng(seed + 1)
     history = [(0, 0.0, test_accuracy(params, test_images, test_labels))]
     seconds, times = 0.0, []
@@ -69,7 +74,12 @@ def train_sgd(
                 bar.set_postfix_str(f"loss={loss:.3f} test_acc={accuracy:.3f}")
             bar.update()
     return {
-        "strategy": "SGD + momentum (NumPy backprop)",
+        "strategy": "SGD + momentum ("
+        + ("PyTorch autograd" if gradients == "torch" else "NumPy backprop")
+        + ")",
+        "gradients": "exact (PyTorch autograd, CPU)"
+        if gradients == "torch"
+        else "exact (hand-written NumPy backprop)",
         "history": history,
         "generations": steps,
         "seconds_per_generation": float(np.median(times)),
@@ -104,6 +114,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--width", type=int, default=64, help="hidden units of the dense layer")
     parser.add_argument("--sgd-learning-rate", type=float, default=0.05)
+    parser.add_argument(
+        "--sgd-gradients",
+        choices=("auto", "torch", "numpy"),
+        default="auto",
+        help="where SGD's gradients come from (auto: PyTorch if installed, else NumPy)",
+    )
     parser.add_argument("--chunk", type=int, default=8, help="members per forward part")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="", help="PNG path for the accuracy plot")
@@ -116,6 +132,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         args.learning_rate = max(args.learning_rate, 0.03)
         data = (data[0][:5000], data[1][:5000], data[2][:2000], data[3][:2000])
     openes_generations = args.openes_generations or args.generations
+    if args.sgd_gradients == "torch" and not torch_available():
+        parser.error("--sgd-gradients torch needs PyTorch (pip install torch)")
+    if args.sgd_gradients == "auto":
+        args.sgd_gradients = "torch" if torch_available() else "numpy"
     common = {
         "data": data,
         "popsize": args.popsize,
@@ -149,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             width=args.width,
             evaluate_every=max(1, args.generations // 10),
             seed=args.seed,
+            gradients=args.sgd_gradients,
             show_progress=not args.no_progress,
         ),
     }
@@ -164,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         rows.append(
             {
                 "method": result["strategy"],
-                "gradients": "exact (hand-written NumPy backprop)" if is_sgd else "none",
+                "gradients": result["gradients"] if is_sgd else "none",
                 "popsize": 1 if is_sgd else args.popsize,
                 "generations / steps": result["generations"],
                 "s / generation (step)": result["seconds_per_generation"],

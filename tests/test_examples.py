@@ -43,15 +43,10 @@ def test_mnist_example_learns():
     assert result["test_accuracy"] > result["initial_accuracy"] + 0.05
 
 
-@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), (2, 0)])
-@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
-def test_backprop_gradients_match_finite_differences(stride, padding, loss):
+def _small_cnn(backprop, rng, stride, padding):
+    """A float64 CNN with both activations, a bias-free layer, and an input batch for it."""
     import numpy as np
 
-    from eggroll_opt import nn
-
-    backprop = _load("_backprop")
-    rng = np.random.default_rng(stride * 10 + padding)
     model = backprop.Sequential(
         [
             ("conv2d", "c1", stride, padding),
@@ -73,6 +68,18 @@ def test_backprop_gradients_match_finite_differences(stride, padding, loss):
         "fc": {"w": 0.3 * rng.standard_normal((5, 4 * side[0] * side[1])), "b": np.ones(5)},
         "out": {"w": rng.standard_normal((3, 5)), "b": rng.standard_normal(3)},
     }
+    return model, params, x
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), (2, 0)])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_backprop_gradients_match_finite_differences(stride, padding, loss):
+    import numpy as np
+
+    from eggroll_opt import nn
+
+    rng = np.random.default_rng(stride * 10 + padding)
+    model, params, x = _small_cnn(_load("_backprop"), rng, stride, padding)
     outputs = model(nn.ParamsLayers(params), x)
     value, grads = model.loss_and_grad(params, x, outputs, "mse")
     assert value < 1e-28  # its own forward pass gives nn.ParamsLayers' outputs
@@ -96,6 +103,55 @@ def test_backprop_gradients_match_finite_differences(stride, padding, loss):
             np.testing.assert_allclose(grads[name][key], numeric, rtol=1e-5, atol=1e-7)
     if loss == "cross_entropy":
         np.testing.assert_allclose(value, float(nn.cross_entropy(outputs, targets)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_torch_gradients_and_steps_equal_the_numpy_reverse_mode(loss):
+    pytest.importorskip("torch")
+    import copy
+
+    import numpy as np
+
+    from eggroll_opt import optim
+
+    backprop = _load("_backprop")
+    rng = np.random.default_rng(7)
+    model, params, x = _small_cnn(backprop, rng, 2, 1)
+    targets = rng.standard_normal((3, 3)) if loss == "mse" else rng.integers(0, 3, 3)
+    value, grads = model.loss_and_grad(params, x, targets, loss)
+    torch_value, torch_grads = model.torch_loss_and_grad(params, x, targets, loss)
+    np.testing.assert_allclose(torch_value, value, rtol=1e-10)
+    assert torch_grads.keys() == grads.keys()
+    for name, layer in grads.items():
+        assert torch_grads[name].keys() == layer.keys()
+        for key, grad in layer.items():
+            assert torch_grads[name][key].dtype == grad.dtype
+            np.testing.assert_allclose(torch_grads[name][key], grad, rtol=1e-8, atol=1e-10)
+    twin = copy.deepcopy(params)
+    numpy_descent = backprop.Descent(model, params, optim.momentum(0.01), "numpy")
+    torch_descent = backprop.Descent(model, twin, optim.momentum(0.01), "torch")
+    for _ in range(3):
+        numpy_descent.step(x, targets, loss)
+        torch_descent.step(x, targets, loss)
+    for name, layer in params.items():
+        for key, leaf in layer.items():
+            np.testing.assert_allclose(twin[name][key], leaf, rtol=1e-8, atol=1e-10)
+
+
+def test_descent_names_a_bad_gradient_source(monkeypatch):
+    import numpy as np
+
+    from eggroll_opt import optim
+
+    backprop = _load("_backprop")
+    model, params, _ = _small_cnn(backprop, np.random.default_rng(0), 1, 0)
+    with pytest.raises(
+        ValueError, match=r"`gradients` must be one of \('numpy', 'torch'\), got 'jax'"
+    ):
+        backprop.Descent(model, params, optim.momentum(0.01), "jax")
+    monkeypatch.setattr(backprop, "torch_available", lambda: False)
+    with pytest.raises(ValueError, match="needs PyTorch: pip install torch"):
+        backprop.Descent(model, params, optim.momentum(0.01), "torch")
 
 
 def test_backprop_forward_equals_params_layers_and_keeps_float32():
@@ -166,7 +222,7 @@ def test_cartpole_example_learns(capsys):
 @pytest.mark.skipif(not MNIST.is_dir(), reason="the shared MNIST copy is not beside the repository")
 def test_mnist_comparison_example_learns(capsys):
     results = _load("mnist_comparison").main(
-        ["--quick", "--no-progress", "--mnist-dir", str(MNIST)]
+        ["--quick", "--no-progress", "--mnist-dir", str(MNIST), "--sgd-gradients", "numpy"]
     )
     assert set(results) == {"EGGROLL", "OpenES", "SGD"}
     for name, result in results.items():  # every method beat its initial test accuracy
