@@ -414,7 +414,7 @@ class Population(Sequence[Member]):
                 return xp.broadcast_to(x @ base.T, (popsize, batch, rows)).copy()
             return (x.reshape(-1, columns) @ base.T).reshape(popsize, batch, rows)
         # The correction of every member, laid out as (K, G·batch, m): member i = k·G + g.
-        signs = self._scaled_signs(x.dtype)  # (K, G, 1, 1)
+        signs = self._scaled_signs(xp.result_type(x.dtype, base.dtype))  # (K, G, 1, 1)
         if leaf.kind == "full":
             eps_t = self._noise[path].reshape(draws, rows, columns).transpose(0, 2, 1)
             inputs = x if shared else x.reshape(draws, group * batch, columns)
@@ -445,11 +445,11 @@ class Population(Sequence[Member]):
 
         ``x`` is (n, L) shared by all members or (popsize, n, L) per member (the layout of a
         convolution's im2col patches, one column per output position) and the result is
-        (popsize, m, L): ``matmul(path, x)`` equals ``linear(path, x.T).swapaxes(-1, -2)``
-        without transposing either array. Each member costs one GEMM with ``W`` (a shared input:
-        one for all) plus ``s_i sigma / sqrt(r) * A_k @ (B_k.T @ x_i)``. For inputs with few
-        columns per member (a policy's single observation) :meth:`linear`'s one large GEMM is
-        faster.
+        (popsize, m, L): ``matmul(path, x)`` equals
+        ``linear(path, x.swapaxes(-1, -2)).swapaxes(-1, -2)`` without transposing either array.
+        Each member costs one GEMM with ``W`` (a shared input: one for all) plus
+        ``s_i sigma / sqrt(r) * A_k @ (B_k.T @ x_i)``. For inputs with few columns per member (a
+        policy's single observation) :meth:`linear`'s one large GEMM is faster.
         """
         leaf, base, x = self._matrix_operand(path, x, axis=-2)
         (rows, columns), length = base.shape, x.shape[-1]
@@ -459,7 +459,7 @@ class Population(Sequence[Member]):
         if leaf.kind == "frozen":
             return xp.broadcast_to(out, (popsize, rows, length)).copy() if shared else out
         # Member i = k·G + g: inputs seen as (K, G, n, L) (a view), corrections as (K, G, m, L).
-        signs = self._scaled_signs(x.dtype)  # (K, G, 1, 1)
+        signs = self._scaled_signs(xp.result_type(x.dtype, base.dtype))  # (K, G, 1, 1)
         inputs = x if shared else x.reshape(draws, group, columns, length)
         if leaf.kind == "full":
             eps = self._noise[path].reshape(draws, 1, rows, columns)
@@ -495,8 +495,8 @@ class Population(Sequence[Member]):
             raise ValueError(f"`path` {path!r} is not a matrix leaf (shape {leaf.shape}).")
         rows, columns = leaf.matrix_shape
         x = self._backend.asarray(x)
-        per_member_ok = x.ndim == 2 or x.shape[0] == self._popsize
-        if x.ndim not in (2, 3) or x.shape[axis] != columns or not per_member_ok:
+        members_ok = x.ndim == 2 or (x.ndim == 3 and x.shape[0] == self._popsize)
+        if not members_ok or x.shape[axis] != columns:
             item = f"batch, {columns}" if axis == -1 else f"{columns}, L"
             raise ValueError(
                 f"`x` must have shape ({item}) or ({self._popsize}, {item}), got {tuple(x.shape)}."

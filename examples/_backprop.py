@@ -157,7 +157,9 @@ class Sequential:
             }
             for name, layer in params.items()
         }
-        h = torch.from_numpy(np.ascontiguousarray(x))
+        # The input in the parameters' dtype (torch does not promote between them as NumPy does).
+        dtype = next(leaf for layer in leaves.values() for leaf in layer.values()).dtype
+        h = torch.as_tensor(np.array(x), dtype=dtype)
         for kind, *fields in self.spec:
             if kind == "dense":
                 h = F.linear(h, leaves[fields[0]]["w"], leaves[fields[0]].get("b"))

@@ -127,6 +127,17 @@ def test_torch_gradients_and_steps_equal_the_numpy_reverse_mode(loss):
         for key, grad in layer.items():
             assert torch_grads[name][key].dtype == grad.dtype
             np.testing.assert_allclose(torch_grads[name][key], grad, rtol=1e-8, atol=1e-10)
+    as_float32 = {
+        name: {k: v.astype(np.float32) for k, v in layer.items()} for name, layer in params.items()
+    }
+    for inputs in (x, (x * 40).astype(np.int16)):  # float64 or integer inputs, float32 parameters
+        _, grads32 = model.loss_and_grad(as_float32, inputs, targets, loss)
+        _, torch_grads32 = model.torch_loss_and_grad(as_float32, inputs, targets, loss)
+        for name, layer in grads32.items():
+            for key, grad in layer.items():
+                assert torch_grads32[name][key].dtype == np.float32
+                scale = np.abs(grad).max()
+                np.testing.assert_allclose(torch_grads32[name][key], grad, atol=1e-4 * scale)
     twin = copy.deepcopy(params)
     numpy_descent = backprop.Descent(model, params, optim.momentum(0.01), "numpy")
     torch_descent = backprop.Descent(model, twin, optim.momentum(0.01), "torch")

@@ -194,6 +194,31 @@ def test_linear_rejects_bad_shapes():
         pop.matmul("w", np.zeros((3, 2)))
     with pytest.raises(ValueError, match="is not a matrix leaf"):
         pop.matmul("b", np.zeros((3, 2)))
+    for scalar in (np.float32(1), np.zeros(4)):
+        with pytest.raises(ValueError, match=r"`x` must have shape"):
+            pop.linear("w", scalar)
+        with pytest.raises(ValueError, match=r"`x` must have shape"):
+            pop.matmul("w", scalar)
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "full"])
+def test_integer_inputs_keep_the_noise(kind):
+    """Integer inputs (raw pixels) are promoted with the leaf, never the noise to integers."""
+    es = eo.Eggroll(
+        {"w": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)},
+        popsize=4,
+        sigma=0.3,
+        learning_rate=0.1,
+        seed=0,
+        noise_kinds={"w": kind},
+        backend="numpy",
+    )
+    pop = es.ask()
+    pixels = np.random.default_rng(1).integers(0, 255, (2, 4)).astype(np.uint8)
+    as_float = pixels.astype(np.float32)
+    np.testing.assert_allclose(pop.linear("w", pixels), pop.linear("w", as_float), rtol=1e-6)
+    np.testing.assert_allclose(pop.matmul("w", pixels.T), pop.matmul("w", as_float.T), rtol=1e-6)
+    assert np.abs(pop.linear("w", pixels)[0] - pop.linear("w", pixels)[1]).max() > 1
     with pytest.raises(KeyError, match="no leaf 'nope'"):
         pop.linear("nope", np.zeros((2, 4)))
 
