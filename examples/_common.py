@@ -1,4 +1,4 @@
-"""What the example scripts share: a progress bar, a markdown table, a curve plot.
+"""What the example scripts share: strategies by name, a progress bar, a markdown table, a plot.
 
 tqdm and matplotlib come with the ``examples`` extra (``pip install -e ".[examples]"``); without
 them the scripts still run, without a bar or a plot.
@@ -8,6 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import eggroll_opt as eo
+
+STRATEGIES = {"Eggroll": eo.Eggroll, "OpenES": eo.OpenES}
+
+
+def strategy_class(name: str) -> type[eo.Eggroll]:
+    """The strategy class called ``name`` (``"Eggroll"`` or ``"OpenES"``).
+
+    Raises:
+        ValueError: for any other name (a typo must not silently run another strategy).
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)}.")
+    return STRATEGIES[name]
 
 
 class _NoBar:

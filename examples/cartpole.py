@@ -44,7 +44,7 @@ import time
 from typing import Any
 
 import numpy as np
-from _common import markdown_table, plot_curves, progress
+from _common import STRATEGIES, markdown_table, plot_curves, progress, strategy_class
 
 import eggroll_opt as eo
 from eggroll_opt import nn
@@ -121,7 +121,7 @@ def train(
     bar: bool = True,
 ) -> dict[str, Any]:
     """Evolve one policy; returns its curves, the threshold crossing and the final evaluation."""
-    cls = eo.OpenES if strategy == "OpenES" else eo.Eggroll
+    cls = strategy_class(strategy)
     es = cls(
         init_policy(hidden, seed),
         popsize=popsize,
@@ -218,6 +218,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"CartPole-v1 (gymnasium vector env), MLP 4-{args.hidden}-2, popsize {args.popsize}, "
         f"at most {args.generations} generations, one first episode per member"
     )
+    names = [name.strip() for name in args.strategies.split(",")]
+    for name in names:
+        if name not in STRATEGIES:
+            parser.error(f"--strategies: unknown {name!r}; choose from {sorted(STRATEGIES)}")
     results = [
         train(
             name,
@@ -233,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seed=args.seed,
             bar=not args.no_progress,
         )
-        for name in args.strategies.split(",")
+        for name in names
     ]
     rows = []
     for r in results:

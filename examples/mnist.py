@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from _backprop import Sequential
-from _common import markdown_table, plot_curves, progress
+from _common import markdown_table, plot_curves, progress, strategy_class
 
 import eggroll_opt as eo
 from eggroll_opt import nn, optim
@@ -138,7 +138,7 @@ def train(
     shaping and update), the rest of ``seconds_per_generation`` is the population's forward.
     """
     train_images, train_labels, test_images, test_labels = data
-    cls = eo.OpenES if strategy == "OpenES" else eo.Eggroll
+    cls = strategy_class(strategy)
     optimizer = cosine_adam(learning_rate, generations) if schedule else "adam"
     es = cls(
         init_cnn(seed, width),

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
-from _common import markdown_table, progress
+from _common import markdown_table, progress, strategy_class
 
 import eggroll_opt as eo
 from eggroll_opt import nn
@@ -325,7 +325,7 @@ def train(
     show_progress: bool,
 ) -> dict[str, Any]:
     """Run one strategy on one objective; the curve holds the score of the mean."""
-    cls = eo.OpenES if strategy == "OpenES" else eo.Eggroll
+    cls = strategy_class(strategy)
     es = cls(
         objective.init(seed),
         popsize=popsize,

@@ -220,6 +220,17 @@ def test_run_all_comparisons_example_learns(tmp_path):
     assert plot.stat().st_size > 0
 
 
+def test_strategies_are_chosen_by_exact_name(capsys):
+    common = _load("_common")
+    assert common.strategy_class("OpenES").__name__ == "OpenES"
+    with pytest.raises(ValueError, match=r"unknown strategy 'openes'; choose from \['Eggroll'"):
+        common.strategy_class("openes")
+    pytest.importorskip("gymnasium")
+    with pytest.raises(SystemExit):
+        _load("cartpole").main(["--strategies", "Eggroll,Egroll", "--no-progress"])
+    assert "--strategies: unknown 'Egroll'" in capsys.readouterr().err
+
+
 def test_cartpole_example_learns(capsys):
     pytest.importorskip("gymnasium")
     result = _load("cartpole").main(["--quick", "--no-progress"])["Eggroll r=1"]
