@@ -7,7 +7,10 @@ Contents (format version 1):
   ``generation``, ``leaves`` (path, noise kind, shape, dtype of each leaf, in order) and
   ``optimizer_keys`` (the key paths of the optimizer state's leaves);
 * ``param:<path>``: each parameter leaf;
-* ``opt:<i>``: the i-th leaf of the optimizer state (arrays, or 0-d int64 for counters).
+* ``opt:<i>``: the i-th leaf of the optimizer state (arrays, or 0-d int64 for counters);
+* ``adapt:<i>``: the i-th leaf of the step-size adaptation's state (float64 arrays), listed in
+  the metadata's ``adaptation_keys`` (absent, or null, when σ is fixed); the metadata's
+  ``restarts`` counts restarts of the run (0 when absent).
 
 Nothing else is needed to resume: the noise is a pure function of the seed and counters.
 """
@@ -43,6 +46,8 @@ class CheckpointData:
     params: dict[str, np.ndarray]
     optimizer_state: dict[str, np.ndarray]
     generation: int
+    adaptation_state: dict[str, np.ndarray] | None = None
+    restarts: int = 0
 
 
 def save(
@@ -54,9 +59,12 @@ def save(
     params: Mapping[str, np.ndarray],
     optimizer_state: Any,
     generation: int,
+    adaptation_state: Any = None,
+    restarts: int = 0,
 ) -> None:
     """Write a checkpoint atomically (temporary file in the same folder, then rename)."""
     state_leaves = flatten_state(optimizer_state)
+    adaptation_leaves = None if adaptation_state is None else flatten_state(adaptation_state)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -65,10 +73,17 @@ def save(
         "generation": generation,
         "leaves": [[leaf.path, leaf.kind, list(leaf.shape), leaf.dtype] for leaf in leaves],
         "optimizer_keys": [key for key, _ in state_leaves],
+        "adaptation_keys": None
+        if adaptation_leaves is None
+        else [key for key, _ in adaptation_leaves],
+        "restarts": restarts,
     }
     arrays: dict[str, np.ndarray] = {"__meta__": np.array(json.dumps(meta))}
     arrays.update({f"param:{p}": np.asarray(v) for p, v in params.items()})
     arrays.update({f"opt:{i}": np.asarray(to_numpy(v)) for i, (_, v) in enumerate(state_leaves)})
+    arrays.update(
+        {f"adapt:{i}": np.asarray(to_numpy(v)) for i, (_, v) in enumerate(adaptation_leaves or [])}
+    )
     target = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(target))
     handle, temporary = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
@@ -120,13 +135,25 @@ def load(path: str | os.PathLike[str], *, strategy: str) -> CheckpointData:
         ]
         params = {leaf.path: archive[f"param:{leaf.path}"] for leaf in leaves}
         state = {key: archive[f"opt:{i}"] for i, key in enumerate(meta["optimizer_keys"])}
-    return CheckpointData(meta["config"], leaves, params, state, int(meta["generation"]))
+        keys = meta.get("adaptation_keys")
+        adaptation = (
+            None if keys is None else {key: archive[f"adapt:{i}"] for i, key in enumerate(keys)}
+        )
+    return CheckpointData(
+        meta["config"],
+        leaves,
+        params,
+        state,
+        int(meta["generation"]),
+        adaptation,
+        int(meta.get("restarts", 0)),
+    )
 
 
 def restore_optimizer_state(
-    template: Any, saved: Mapping[str, np.ndarray], backend: Backend
+    template: Any, saved: Mapping[str, np.ndarray], backend: Backend | None
 ) -> Any:
-    """Fill an optimizer state shaped like ``template`` with saved leaves, on ``backend``.
+    """Fill a state shaped like ``template`` with saved leaves, on ``backend`` (None: host).
 
     Raises:
         ValueError: if the saved state does not match the optimizer's structure.
@@ -138,7 +165,9 @@ def restore_optimizer_state(
             f"{sorted(saved)} vs {sorted(expected)}."
         )
     on_device = {
-        key: value if value.ndim == 0 and value.dtype.kind == "i" else backend.asarray(value)
+        key: value
+        if backend is None or (value.ndim == 0 and value.dtype.kind == "i")
+        else backend.asarray(value)
         for key, value in saved.items()
     }
     return unflatten_state(template, on_device)

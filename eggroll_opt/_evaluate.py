@@ -57,7 +57,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._backend import Backend, to_numpy
-from ._population import MemberSpec, Population, _perturbed, leaf_noise
+from ._population import MemberSpec, Population, _perturbed, leaf_noise, scale_noise
 from ._strategy import Eggroll, GenerationStats
 from ._tree import flatten, unflatten
 
@@ -458,23 +458,27 @@ class _Job:
             run = indices[position:stop]
             count = max(self.draw(i) for i in run) - first_draw + 1
             noise = {
-                leaf.path: leaf_noise(
-                    self._backend,
-                    template.seed,
+                leaf.path: scale_noise(
                     leaf,
-                    template.epoch,
-                    first_draw,
-                    count,
-                    template.rank,
+                    leaf_noise(
+                        self._backend,
+                        template.seed,
+                        leaf,
+                        template.epoch,
+                        first_draw,
+                        count,
+                        template.rank,
+                    ),
+                    template.leaf_scales(slot),
                 )
-                for leaf in template.leaves
+                for slot, leaf in enumerate(template.leaves)
                 if leaf.kind != "frozen"
             }
             for index in run:
                 k = self.draw(index) - first_draw
                 sign = -1.0 if template.mirrored and index % 2 else 1.0
                 values = {}
-                for leaf in template.leaves:
+                for slot, leaf in enumerate(template.leaves):
                     leaf_noise_k = noise.get(leaf.path)
                     if leaf_noise_k is not None:
                         leaf_noise_k = (
@@ -487,7 +491,7 @@ class _Job:
                         leaf,
                         leaf_noise_k,
                         sign,
-                        template.sigma,
+                        template.leaf_sigma(slot),
                         template.rank,
                     )
                 yield index, unflatten(values)

@@ -4,12 +4,15 @@ Member ``i`` of a generation uses noise ``k = i // G`` with sign ``s_i``: with m
 ``G = 2`` and ``s_i = +1`` for even ``i``, ``-1`` for odd ``i``; without it ``G = 1`` and
 ``s_i = +1``. Its parameters are the base plus, per leaf,
 
-* ``lowrank``: ``s_i * sigma / sqrt(rank) * A_k @ B_k.T`` (A_k of shape (m, rank), B_k (n, rank),
-  a >=3-D leaf viewed as (shape[0], prod(shape[1:])));
-* ``full``: ``s_i * sigma * eps_k`` (eps_k of the leaf's shape);
+* ``lowrank``: ``s_i * sigma / sqrt(rank) * diag(rho) @ A_k @ B_k.T @ diag(gamma)`` (A_k of
+  shape (m, rank), B_k (n, rank), a >=3-D leaf viewed as (shape[0], prod(shape[1:])));
+* ``full``: ``s_i * sigma * D * eps_k`` (eps_k and the entry scales D of the leaf's shape);
 * ``frozen``: nothing.
 
-The population stores only the noise: ``O(K * rank * (m + n))`` numbers per low-rank leaf.
+``sigma`` is per leaf; the row scales ``rho`` (m), column scales ``gamma`` (n) and entry scales
+``D`` are 1 unless a step-size adaptation learns them (:mod:`eggroll_opt.adaptation`). The scales
+are folded into the factors (``diag(rho) A_k`` and ``diag(gamma) B_k`` are still rank ``r``), so
+the population stores only the noise: ``O(K * rank * (m + n))`` numbers per low-rank leaf.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from . import _noise
-from ._backend import Backend, get_backend, is_cupy_array
+from ._backend import Backend, get_backend, is_cupy_array, namespace_of
 from ._tree import flatten, unflatten
 
 NoiseKind = Literal["lowrank", "full", "frozen"]
@@ -78,6 +81,29 @@ def leaf_noise(
     return values.reshape(count, *leaf.shape)
 
 
+def scale_noise(leaf: LeafSpec, noise: Any, scales: Any) -> Any:
+    """Fold a leaf's noise scales into its unit noise (``noise`` as :func:`leaf_noise` gives it).
+
+    ``scales`` is None (nothing to do), ``(rows, columns)`` for a low-rank leaf (shapes (m,) and
+    (n,)), or an array of the leaf's shape for a full leaf. The leading axis of ``noise`` counts
+    draws. Low-rank factors stay factors: ``diag(rows) A`` and ``diag(columns) B``.
+    """
+    if scales is None or noise is None:
+        return noise
+    if leaf.kind == "lowrank":
+        left, right = noise
+        rows, columns = scales
+        xp_rows = _like(left, rows)
+        xp_columns = _like(right, columns)
+        return left * xp_rows[:, None], right * xp_columns[:, None]
+    return noise * _like(noise, scales)
+
+
+def _like(array: Any, values: Any) -> Any:
+    """``values`` on ``array``'s backend, in its dtype."""
+    return namespace_of(array).asarray(values, dtype=array.dtype)
+
+
 def _perturbed(base: Any, leaf: LeafSpec, noise: Any, sign: float, sigma: float, rank: int) -> Any:
     """One member's value of one leaf, from its own slice of the noise."""
     if leaf.kind == "lowrank":
@@ -112,6 +138,16 @@ class MemberSpec:
     rank: int
     mirrored: bool
     leaves: tuple[LeafSpec, ...]
+    leaf_sigmas: tuple[float, ...] | None = None
+    scales: tuple[Any, ...] | None = None
+
+    def leaf_sigma(self, position: int) -> float:
+        """σ of ``leaves[position]`` (``sigma`` unless a step-size adaptation set one per leaf)."""
+        return self.sigma if self.leaf_sigmas is None else self.leaf_sigmas[position]
+
+    def leaf_scales(self, position: int) -> Any:
+        """The noise scales of ``leaves[position]`` (see :func:`scale_noise`), or None."""
+        return None if self.scales is None else self.scales[position]
 
     @property
     def noise_index(self) -> int:
@@ -138,14 +174,16 @@ class MemberSpec:
         if missing:
             raise ValueError(f"`base` lacks the leaves {missing} of this member spec.")
         out = {}
-        for leaf in self.leaves:
+        for position, leaf in enumerate(self.leaves):
             value = resolved.asarray(flat[leaf.path], dtype=np.dtype(leaf.dtype))
             if leaf.kind != "frozen":
                 noise = leaf_noise(
                     resolved, self.seed, leaf, self.epoch, self.noise_index, 1, self.rank
                 )
+                noise = scale_noise(leaf, noise, self.leaf_scales(position))
                 noise = tuple(part[0] for part in noise) if leaf.kind == "lowrank" else noise[0]
-                value = _perturbed(value, leaf, noise, self.sign, self.sigma, self.rank)
+                sigma = self.leaf_sigma(position)
+                value = _perturbed(value, leaf, noise, self.sign, sigma, self.rank)
             out[leaf.path] = value
         return unflatten(out)
 
@@ -203,21 +241,32 @@ class Population(Sequence[Member]):
         generation: int,
         epoch: int,
         popsize: int,
-        sigma: float,
+        sigma: float | Mapping[str, float],
         rank: int,
         mirrored: bool,
         first: int = 0,
+        scales: Mapping[str, Any] | None = None,
     ) -> None:
         self._backend = backend
         self._first = first
         self._leaves = dict(leaves)
         self._base = dict(base)
-        self._noise = dict(noise)
+        self._raw = dict(noise)  # unit noise: what tell's estimates use
+        self._scales = {p: v for p, v in (scales or {}).items() if v is not None}
+        self._noise = {  # the noise members use, scales folded in
+            path: scale_noise(self._leaves[path], value, self._scales.get(path))
+            for path, value in self._raw.items()
+        }
+        if isinstance(sigma, Mapping):
+            self._sigmas = {path: float(sigma[path]) for path in self._leaves}
+            self._sigma = max(self._sigmas.values())
+        else:
+            self._sigma = float(sigma)
+            self._sigmas = dict.fromkeys(self._leaves, self._sigma)
         self._seed = seed
         self._generation = generation
         self._epoch = epoch
         self._popsize = popsize
-        self._sigma = sigma
         self._rank = rank
         self._mirrored = mirrored
         self._group = 2 if mirrored else 1
@@ -292,7 +341,7 @@ class Population(Sequence[Member]):
                 path: tuple(part[low:high] for part in value)
                 if isinstance(value, tuple)
                 else value[low:high]
-                for path, value in self._noise.items()
+                for path, value in self._raw.items()
             }
             parts.append(
                 Population(
@@ -304,10 +353,11 @@ class Population(Sequence[Member]):
                     generation=self._generation,
                     epoch=self._epoch,
                     popsize=stop - start,
-                    sigma=self._sigma,
+                    sigma=self._sigmas,
                     rank=self._rank,
                     mirrored=self._mirrored,
                     first=self._first + start,
+                    scales=self._scales,
                 )
             )
         return parts
@@ -332,10 +382,25 @@ class Population(Sequence[Member]):
         """The mean the candidates are perturbations of (same tree as the strategy's params)."""
         return unflatten(self._base)
 
-    def factors(self, path: str) -> Any:
-        """The stored noise of leaf ``path``: ``(A, B)`` (low-rank), ``eps`` (full) or None."""
+    def factors(self, path: str, *, unit: bool = False) -> Any:
+        """The noise of leaf ``path``: ``(A, B)`` (low-rank), ``eps`` (full) or None (frozen).
+
+        By default the noise members use, with the leaf's noise scales folded in
+        (``diag(rho) A``, ``diag(gamma) B``, ``D * eps``); ``unit=True`` gives the unit noise the
+        generator drew (the same arrays when the leaf has no scales). Neither includes σ.
+        """
         self._leaf(path)
-        return self._noise.get(path)
+        return (self._raw if unit else self._noise).get(path)
+
+    def sigma(self, path: str) -> float:
+        """σ of leaf ``path`` in this generation."""
+        self._leaf(path)
+        return self._sigmas[path]
+
+    def scales(self, path: str) -> Any:
+        """The noise scales of leaf ``path`` (see :func:`scale_noise`), or None."""
+        self._leaf(path)
+        return self._scales.get(path)
 
     def leaf_shape(self, path: str) -> tuple[int, ...]:
         """The shape of leaf ``path``."""
@@ -343,6 +408,7 @@ class Population(Sequence[Member]):
 
     def spec(self, index: int) -> MemberSpec:
         """The picklable :class:`MemberSpec` of member ``index``."""
+        uniform = len(set(self._sigmas.values())) <= 1 and not self._scales
         return MemberSpec(
             seed=self._seed,
             generation=self._generation,
@@ -352,6 +418,8 @@ class Population(Sequence[Member]):
             rank=self._rank,
             mirrored=self._mirrored,
             leaves=tuple(self._leaves.values()),
+            leaf_sigmas=None if uniform else tuple(self._sigmas.values()),
+            scales=None if uniform else tuple(self._scales.get(p) for p in self._leaves),
         )
 
     def member_params(self, index: int) -> dict[str, Any]:
@@ -363,7 +431,8 @@ class Population(Sequence[Member]):
             noise = self._noise.get(path)
             if noise is not None:
                 noise = tuple(part[k] for part in noise) if leaf.kind == "lowrank" else noise[k]
-            out[path] = _perturbed(self._base[path], leaf, noise, sign, self._sigma, self._rank)
+            sigma = self._sigmas[path]
+            out[path] = _perturbed(self._base[path], leaf, noise, sign, sigma, self._rank)
         return unflatten(out)
 
     def stacked(self, path: str) -> Any:
@@ -375,7 +444,7 @@ class Population(Sequence[Member]):
         leaf = self._leaf(path)
         xp = self._backend.xp
         base = self._base[path]
-        signs = xp.asarray(self._signs * self._sigma, dtype=base.dtype)
+        signs = xp.asarray(self._signs * self._sigmas[path], dtype=base.dtype)
         signs = signs.reshape(-1, *([1] * len(leaf.shape)))
         index = xp.asarray(self.noise_index)
         if leaf.kind == "frozen":
@@ -414,7 +483,7 @@ class Population(Sequence[Member]):
                 return xp.broadcast_to(x @ base.T, (popsize, batch, rows)).copy()
             return (x.reshape(-1, columns) @ base.T).reshape(popsize, batch, rows)
         # The correction of every member, laid out as (K, G·batch, m): member i = k·G + g.
-        signs = self._scaled_signs(xp.result_type(x.dtype, base.dtype))  # (K, G, 1, 1)
+        signs = self._scaled_signs(path, xp.result_type(x.dtype, base.dtype))  # (K, G, 1, 1)
         if leaf.kind == "full":
             eps_t = self._noise[path].reshape(draws, rows, columns).transpose(0, 2, 1)
             inputs = x if shared else x.reshape(draws, group * batch, columns)
@@ -459,7 +528,7 @@ class Population(Sequence[Member]):
         if leaf.kind == "frozen":
             return xp.broadcast_to(out, (popsize, rows, length)).copy() if shared else out
         # Member i = k·G + g: inputs seen as (K, G, n, L) (a view), corrections as (K, G, m, L).
-        signs = self._scaled_signs(xp.result_type(x.dtype, base.dtype))  # (K, G, 1, 1)
+        signs = self._scaled_signs(path, xp.result_type(x.dtype, base.dtype))  # (K, G, 1, 1)
         inputs = x if shared else x.reshape(draws, group, columns, length)
         if leaf.kind == "full":
             eps = self._noise[path].reshape(draws, 1, rows, columns)
@@ -479,9 +548,9 @@ class Population(Sequence[Member]):
         correction += out  # broadcast over members when shared
         return correction
 
-    def _scaled_signs(self, dtype: Any) -> Any:
+    def _scaled_signs(self, path: str, dtype: Any) -> Any:
         """``s_i * sigma`` of every member on the backend, shaped (K, G, 1, 1): i = k·G + g."""
-        scaled = self._backend.xp.asarray(self._signs * self._sigma, dtype=dtype)
+        scaled = self._backend.xp.asarray(self._signs * self._sigmas[path], dtype=dtype)
         return scaled.reshape(self._popsize // self._group, self._group, 1, 1)
 
     def _matrix_operand(self, path: str, x: Any, axis: int) -> tuple[LeafSpec, Any, Any]:

@@ -26,15 +26,17 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from . import _checkpoint
+from . import _checkpoint, adaptation
 from ._backend import Backend, get_backend, to_numpy
+from ._defaults import default_learning_rate, default_popsize, default_sigma
 from ._population import NOISE_KINDS, LeafSpec, Population, leaf_noise
 from ._tree import flatten, unflatten
+from .adaptation import SigmaAdaptation, get_sigma_adaptation
 from .optim import GradientTransformation, get_optimizer
 from .shaping import ShapingFunction, get_shaping
 
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from ._evaluate import OptimizeResult
 
 NAN_POLICIES = ("worst", "raise")
+_CUSTOM = "custom"  # a callable the checkpoint cannot store
 
 
 class AskTellError(ValueError):
@@ -53,7 +56,9 @@ class GenerationStats:
     """What ``tell`` reports about the generation it just learned from.
 
     Fitness values are in the user's own terms (not negated), over members whose fitness was
-    not NaN; ``best_index`` is the member with the best fitness.
+    not NaN; ``best_index`` is the member with the best fitness. ``sigma`` holds the σ of every
+    searched leaf that this generation was sampled with (row, column and entry scales, where an
+    adaptation learns them, are in :attr:`Eggroll.noise_scales`).
     """
 
     generation: int
@@ -63,6 +68,13 @@ class GenerationStats:
     best_index: int
     num_failed: int
     gradient_norm: float
+    sigma: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        """Smallest and largest per-leaf σ this generation was sampled with."""
+        values = list(self.sigma.values()) or [math.nan]
+        return min(values), max(values)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -91,13 +103,27 @@ class Eggroll:
     so a population costs ``rank·(m+n)`` numbers per member and matrix instead of ``m·n``.
 
     Args:
-        params: the initial mean, a dict (nested allowed) of float arrays.
-        popsize: number of members per generation (even when ``mirrored``).
-        sigma: noise scale σ > 0.
+        params: the initial mean, a dict (nested allowed) of finite float arrays.
+        popsize: number of members per generation (even when ``mirrored``). None:
+            :func:`default_popsize` of the number of searched numbers (``4 + ⌊3 ln d⌋``, at
+            least 8, rounded up to even), a size for black-box problems; networks usually want
+            hundreds.
+        sigma: starting noise scale σ > 0. None: :func:`default_sigma` (0.1 times the RMS of
+            the initial searched parameters, 0.1 if they are all zero).
         rank: rank r of the low-rank perturbations (1 <= r <= min(m, n) of each such leaf).
-        learning_rate: step size of the optimizer.
+        learning_rate: step size of the optimizer. None: :func:`default_learning_rate`.
         optimizer: ``"adam"``, ``"sgd"``, ``"momentum"`` or a
-            :class:`~eggroll_opt.optim.GradientTransformation`.
+            :class:`~eggroll_opt.optim.GradientTransformation`. None: ``"adam"`` with fixed σ,
+            ``"sgd"`` (the natural-gradient step) with a ``sigma_adaptation``.
+        sigma_adaptation: None keeps σ fixed; ``"auto"`` (the recommended method, now
+            ``"scales"``), ``"leaf"`` (one σ per leaf), ``"scales"`` (one σ per leaf plus row ×
+            column scales of low-rank leaves and entry scales of full ones) or a
+            :class:`~eggroll_opt.adaptation.SigmaAdaptation`. With an adaptation the mean's
+            step follows σ: the optimizer sees the gradient in units of the search
+            distribution (utilities normalised to ``Σ|u| = 1``) and its step is multiplied by
+            the leaf's σ and scales (see :mod:`eggroll_opt.adaptation`).
+        sigma_bounds: ``(low, high)``: multiples of the starting σ that an adaptation keeps σ
+            within (default ``(1e-10, 1e4)``).
         optimizer_options: extra keyword arguments of a named optimizer (``{"b1": 0.8}``).
         weight_decay: decoupled weight decay (see :mod:`eggroll_opt.optim`).
         seed: non-negative int; None draws one (readable as ``es.seed``).
@@ -130,11 +156,13 @@ class Eggroll:
         self,
         params: Mapping[str, Any],
         *,
-        popsize: int,
-        sigma: float,
-        learning_rate: float,
+        popsize: int | None = None,
+        sigma: float | None = None,
+        learning_rate: float | None = None,
         rank: int = 1,
-        optimizer: str | GradientTransformation = "adam",
+        optimizer: str | GradientTransformation | None = None,
+        sigma_adaptation: str | SigmaAdaptation | None = None,
+        sigma_bounds: tuple[float, float] | None = None,
         optimizer_options: Mapping[str, Any] | None = None,
         weight_decay: float = 0.0,
         seed: int | None = None,
@@ -147,19 +175,58 @@ class Eggroll:
         backend: str | Backend = "auto",
     ) -> None:
         self._backend = get_backend(backend)
-        self._popsize = _check_int("popsize", popsize, 2)
         if not isinstance(mirrored, bool | np.bool_):
             raise TypeError(f"`mirrored` must be a bool, got {mirrored!r}.")
         self._mirrored = bool(mirrored)
+        flat = flatten(params)
+        self._rank = _check_int("rank", rank, 1)
+        self._leaves = self._leaf_specs(flat, noise_kinds)
+        self._params = {
+            path: self._backend.xp.array(self._backend.asarray(value), copy=True)
+            for path, value in flat.items()
+        }
+        for path, value in self._params.items():
+            if not bool(self._backend.xp.isfinite(value).all()):
+                raise ValueError(
+                    f"`params` leaf {path!r} holds NaN or inf; the initial mean must be finite."
+                )
+        searched = self.num_params
+        if popsize is None:
+            popsize = default_popsize(searched, even=self._mirrored)
+        self._popsize = _check_int("popsize", popsize, 2)
         if self._mirrored and self._popsize % 2:
             raise ValueError(
                 f"`popsize` must be even with mirrored sampling, got {popsize} "
                 "(use an even popsize or mirrored=False)."
             )
+        if sigma is None:
+            sigma = default_sigma(self._trainable())
         self._sigma = _check_float("sigma", sigma, positive=True)
+        if sigma_adaptation is None and sigma_bounds is not None:
+            raise ValueError(
+                f"`sigma_bounds`={sigma_bounds!r} needs a `sigma_adaptation` (σ is fixed)."
+            )
+        self._sigma_bounds = sigma_bounds
+        bounds = {} if sigma_bounds is None else {"bounds": sigma_bounds}
+        if isinstance(sigma_adaptation, SigmaAdaptation) and sigma_bounds is not None:
+            raise ValueError(
+                "`sigma_bounds` applies to a named `sigma_adaptation`; build a custom "
+                "SigmaAdaptation with its own bounds."
+            )
+        self._adaptation = get_sigma_adaptation(sigma_adaptation, bounds)
+        self._adaptation_name = (
+            None if isinstance(sigma_adaptation, SigmaAdaptation) else sigma_adaptation
+        )
+        if optimizer is None:
+            optimizer = "adam" if self._adaptation is None else "sgd"
+        if learning_rate is None:
+            learning_rate = default_learning_rate(
+                optimizer if isinstance(optimizer, str) else "custom",
+                self._sigma,
+                adaptive=self._adaptation is not None,
+            )
         self._learning_rate = _check_float("learning_rate", learning_rate, positive=True)
         self._weight_decay = _check_float("weight_decay", weight_decay, positive=False)
-        self._rank = _check_int("rank", rank, 1)
         self._noise_reuse = _check_int("noise_reuse", noise_reuse, 0)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
@@ -173,12 +240,6 @@ class Eggroll:
         self._shaping = get_shaping(fitness_shaping)
         self._shaping_name = fitness_shaping if isinstance(fitness_shaping, str) else None
 
-        flat = flatten(params)
-        self._leaves = self._leaf_specs(flat, noise_kinds)
-        self._params = {
-            path: self._backend.xp.array(self._backend.asarray(value), copy=True)
-            for path, value in flat.items()
-        }
         if isinstance(optimizer, GradientTransformation):
             self._optimizer_name = None
             self._optimizer = optimizer
@@ -193,8 +254,16 @@ class Eggroll:
             )
         self._optimizer_options = dict(optimizer_options or {})
         self._opt_state = self._optimizer.init(self._trainable())
+        self._adaptation_state = self._init_adaptation()
         self._generation = 0
+        self._restarts = 0
         self._population: Population | None = None
+
+    def _init_adaptation(self) -> dict[str, Any] | None:
+        if self._adaptation is None:
+            return None
+        trainable = {p: leaf for p, leaf in self._leaves.items() if leaf.kind != "frozen"}
+        return self._adaptation.init(trainable, self._sigma, self._rank)
 
     # -- construction helpers ----------------------------------------------------------------
     def _leaf_specs(
@@ -270,8 +339,41 @@ class Eggroll:
 
     @property
     def sigma(self) -> float:
-        """Noise scale σ."""
+        """The starting noise scale σ₀ (the current per-leaf values are :attr:`sigmas`)."""
         return self._sigma
+
+    @property
+    def sigmas(self) -> dict[str, float]:
+        """The current σ of every searched leaf (all ``sigma`` while σ is fixed)."""
+        if self._adaptation_state is None:
+            return {p: self._sigma for p, leaf in self._leaves.items() if leaf.kind != "frozen"}
+        return adaptation.leaf_sigmas(self._adaptation_state)
+
+    @property
+    def noise_scales(self) -> dict[str, Any]:
+        """Learned noise scales by leaf: ``(rows, columns)`` (low-rank) or entry scales (full).
+
+        Empty unless the ``sigma_adaptation`` learns scales (``"scales"``, ``"auto"``). Host
+        float64 arrays; member noise is ``diag(rows) A Bᵀ diag(columns)`` or ``scales * eps``.
+        """
+        if self._adaptation_state is None:
+            return {}
+        return adaptation.leaf_scales(self._adaptation_state)
+
+    @property
+    def sigma_adaptation(self) -> str | SigmaAdaptation | None:
+        """The ``sigma_adaptation`` given (None: σ is fixed)."""
+        return self._adaptation_name if self._adaptation_name is not None else self._adaptation
+
+    @property
+    def restarts(self) -> int:
+        """How many times :meth:`restart` was called over this run (checkpoints keep it)."""
+        return self._restarts
+
+    @property
+    def learning_rate(self) -> float:
+        """The optimizer's learning rate."""
+        return self._learning_rate
 
     @property
     def rank(self) -> int:
@@ -321,6 +423,7 @@ class Eggroll:
                 for path, leaf in self._leaves.items()
                 if leaf.kind != "frozen"
             }
+            adaptive = self._adaptation_state is not None
             self._population = Population(
                 backend=self._backend,
                 leaves=self._leaves,
@@ -330,9 +433,12 @@ class Eggroll:
                 generation=self._generation,
                 epoch=epoch,
                 popsize=self._popsize,
-                sigma=self._sigma,
+                sigma={**dict.fromkeys(self._leaves, self._sigma), **self.sigmas}
+                if adaptive
+                else self._sigma,
                 rank=self._rank,
                 mirrored=self._mirrored,
+                scales=self.noise_scales,
             )
         return self._population
 
@@ -367,17 +473,48 @@ class Eggroll:
                 f"`fitness_shaping` must return {values.shape[0]} finite values, got "
                 f"{weights.shape} with {int((~np.isfinite(weights)).sum())} non-finite."
             )
-        grads = self._loss_gradient(population, weights)
+        adaptation_state = self._adaptation_state
+        if self._adaptation is None or adaptation_state is None:
+            grads = self._loss_gradient(population, weights, -1.0 / (self._popsize * self._sigma))
+        else:
+            # Utilities normalised to Σ|u| = 1; the gradient is taken in whitened units.
+            total = float(np.abs(weights).sum())
+            utilities = weights / total if total > 0 else np.zeros_like(weights)
+            grads = self._loss_gradient(population, utilities, -1.0)
+            per_draw = utilities[0::2] + utilities[1::2] if self._mirrored else utilities
+            noise = {path: population.factors(path, unit=True) for path in grads}
+            adaptation_state = self._adaptation.update(
+                adaptation_state, noise, per_draw, self._rank
+            )
         gradient_norm = self._norm(grads)
         updates, self._opt_state = self._optimizer.update(grads, self._opt_state, self._trainable())
+        if self._adaptation is not None:
+            updates = self._follow_sigma(updates, population)
         xp = self._backend.xp
         params = dict(self._params)  # new arrays: the old mean stays valid for its population
         for path, update in updates.items():
             params[path] = xp.asarray(params[path] + update, dtype=params[path].dtype)
         self._params = params
+        self._adaptation_state = adaptation_state
         self._population = None
         self._generation += 1
-        return self._stats(values, gradient_norm)
+        return self._stats(values, gradient_norm, {p: population.sigma(p) for p in grads})
+
+    def _follow_sigma(self, updates: dict[str, Any], population: Population) -> dict[str, Any]:
+        """Each leaf's step times its σ and noise scales: the natural-gradient step."""
+        xp = self._backend.xp
+        scaled = {}
+        for path, update in updates.items():
+            leaf = self._leaves[path]
+            factor: Any = population.sigma(path)
+            scales = population.scales(path)
+            if scales is not None and leaf.kind == "lowrank":
+                rows, columns = (xp.asarray(part, dtype=update.dtype) for part in scales)
+                factor = (factor * rows[:, None] * columns[None, :]).reshape(leaf.shape)
+            elif scales is not None:
+                factor = factor * xp.asarray(scales, dtype=update.dtype)
+            scaled[path] = update * factor
+        return scaled
 
     def optimize(
         self, fitness_fn: Callable[[Any], Any], generations: int, **options: Any
@@ -438,18 +575,23 @@ class Eggroll:
             )
         return values
 
-    def _loss_gradient(self, population: Population, weights: np.ndarray) -> dict[str, Any]:
-        """``-g`` per trainable leaf (see the module docstring), one GEMM per low-rank leaf."""
+    def _loss_gradient(
+        self, population: Population, weights: np.ndarray, scale: float
+    ) -> dict[str, Any]:
+        """``scale · Σ_i weights_i ε̂_i`` per trainable leaf, one GEMM per low-rank leaf.
+
+        ``ε̂_i`` is member i's unit noise (sign included, before σ and noise scales); with
+        ``scale = -1/(N σ)`` this is ``-g`` of the module docstring.
+        """
         xp = self._backend.xp
         per_draw = weights * population.signs
         if self._mirrored:
             per_draw = per_draw[0::2] + per_draw[1::2]
-        scale = -1.0 / (self._popsize * self._sigma)
         grads = {}
         for path, leaf in self._leaves.items():
             if leaf.kind == "frozen":
                 continue
-            noise = population.factors(path)
+            noise = population.factors(path, unit=True)
             if leaf.kind == "lowrank":
                 left, right = noise  # (K, m, r), (K, n, r)
                 draws, rows, rank = left.shape
@@ -467,7 +609,9 @@ class Eggroll:
         xp = self._backend.xp
         return math.sqrt(sum(float(xp.linalg.norm(g.reshape(-1))) ** 2 for g in grads.values()))
 
-    def _stats(self, values: np.ndarray, gradient_norm: float) -> GenerationStats:
+    def _stats(
+        self, values: np.ndarray, gradient_norm: float, sigmas: dict[str, float]
+    ) -> GenerationStats:
         ok = ~np.isnan(values)
         ranked = values[ok]
         best_pos = int(np.argmax(ranked) if self._maximize else np.argmin(ranked))
@@ -483,6 +627,7 @@ class Eggroll:
             best_index=int(np.flatnonzero(ok)[best_pos]),
             num_failed=int((~ok).sum()),
             gradient_norm=gradient_norm,
+            sigma=sigmas,
         )
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -502,6 +647,10 @@ class Eggroll:
             "fitness_shaping": self._shaping_name,
             "nan_policy": self._nan_policy,
             "noise_kinds": self.noise_kinds,
+            "sigma_adaptation": _CUSTOM
+            if self._adaptation is not None and self._adaptation_name is None
+            else self._adaptation_name,
+            "sigma_bounds": None if self._sigma_bounds is None else list(self._sigma_bounds),
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -519,6 +668,8 @@ class Eggroll:
             params={p: to_numpy(v) for p, v in self._params.items()},
             optimizer_state=self._opt_state,
             generation=self._generation,
+            adaptation_state=self._adaptation_state,
+            restarts=self._restarts,
         )
 
     @classmethod
@@ -529,6 +680,7 @@ class Eggroll:
         backend: str | Backend = "auto",
         fitness_shaping: str | ShapingFunction | None = None,
         optimizer: GradientTransformation | None = None,
+        sigma_adaptation: SigmaAdaptation | None = None,
     ) -> Self:
         """Rebuild a strategy from :meth:`save`'s file; it continues bit-identically.
 
@@ -537,6 +689,7 @@ class Eggroll:
             backend: where to put the arrays (the checkpoint itself is device-independent).
             fitness_shaping: required if the saved strategy used a callable shaping.
             optimizer: required if the saved strategy used a custom GradientTransformation.
+            sigma_adaptation: required if the saved strategy used a custom SigmaAdaptation.
 
         Raises:
             ValueError: for a file that is not a checkpoint of this class or of this format
@@ -554,8 +707,17 @@ class Eggroll:
                 f"checkpoint {os.fspath(path)!r} used a custom optimizer; pass it again as "
                 "`optimizer=`."
             )
+        if config.get("sigma_adaptation") == _CUSTOM:
+            if sigma_adaptation is None:
+                raise ValueError(
+                    f"checkpoint {os.fspath(path)!r} used a custom sigma_adaptation; pass it "
+                    "again as `sigma_adaptation=`."
+                )
+            config["sigma_adaptation"] = sigma_adaptation
         config["fitness_shaping"] = fitness_shaping or config["fitness_shaping"]
         config["optimizer"] = optimizer or config["optimizer"]
+        if config.get("sigma_bounds") is not None:
+            config["sigma_bounds"] = tuple(config["sigma_bounds"])
         strategy = cls(unflatten(data.params), backend=backend, **config)
         strategy._restore(data)
         return strategy
@@ -580,6 +742,14 @@ class Eggroll:
                 f"checkpoint {os.fspath(path)!r} has seed {data.config['seed']}, this strategy "
                 f"{self._seed}."
             )
+        saved = data.config.get("sigma_adaptation")
+        if (saved is None) != (self._adaptation is None):
+            raise ValueError(
+                f"checkpoint {os.fspath(path)!r} has sigma_adaptation={saved!r}, this strategy "
+                f"{self._adaptation_name!r}: a run with adapted σ cannot continue with fixed σ "
+                "or the other way round; use "
+                f"{type(self).__name__}.load to rebuild the saved strategy."
+            )
         self._restore(data)
 
     def _restore(self, data: _checkpoint.CheckpointData) -> None:
@@ -591,7 +761,59 @@ class Eggroll:
         self._opt_state = _checkpoint.restore_optimizer_state(
             template, data.optimizer_state, self._backend
         )
+        if self._adaptation is not None:
+            template = self._init_adaptation()
+            if data.adaptation_state is None:
+                raise ValueError("checkpoint holds no step-size adaptation state.")
+            self._adaptation_state = _checkpoint.restore_optimizer_state(
+                template, data.adaptation_state, None
+            )
         self._generation = data.generation
+        self._restarts = data.restarts
+        self._popsize = int(data.config["popsize"])  # a restart may have grown it
+        self._population = None
+
+    def restart(
+        self, params: Mapping[str, Any] | None = None, *, popsize: int | None = None
+    ) -> None:
+        """Start the search afresh (IPOP-style), keeping the seed and the generation count.
+
+        The mean becomes ``params`` (default: the current mean), the optimizer state and σ
+        (with any learned scales) return to their starting values, and the population size
+        becomes ``popsize`` (default: unchanged). Noise keeps following the generation count,
+        so a restarted run never repeats the noise of an earlier one. :func:`eggroll_opt.optimize`
+        calls this when a run stagnates (its ``restarts`` option).
+
+        Raises:
+            ValueError: for ``params`` with other leaves, shapes or non-finite values, or a
+                ``popsize`` that is not allowed; the strategy is then unchanged.
+        """
+        new_popsize = self._popsize if popsize is None else _check_int("popsize", popsize, 2)
+        if self._mirrored and new_popsize % 2:
+            raise ValueError(f"`popsize` must be even with mirrored sampling, got {popsize}.")
+        mean = dict(self._params)
+        if params is not None:
+            flat = flatten(params)
+            if set(flat) != set(self._params):
+                raise ValueError(
+                    f"`params` must have the leaves {sorted(self._params)}, got {sorted(flat)}."
+                )
+            for path, value in flat.items():
+                leaf = self._leaves[path]
+                array = self._backend.asarray(value, dtype=np.dtype(leaf.dtype))
+                if tuple(array.shape) != leaf.shape:
+                    raise ValueError(
+                        f"`params` leaf {path!r} has shape {tuple(array.shape)}, expected "
+                        f"{leaf.shape}."
+                    )
+                if not bool(self._backend.xp.isfinite(array).all()):
+                    raise ValueError(f"`params` leaf {path!r} holds NaN or inf.")
+                mean[path] = self._backend.xp.array(array, copy=True)
+        self._params = mean
+        self._popsize = new_popsize
+        self._opt_state = self._optimizer.init(self._trainable())
+        self._adaptation_state = self._init_adaptation()
+        self._restarts += 1
         self._population = None
 
 

@@ -134,7 +134,7 @@ def _params(study) -> list[dict[str, Any]]:
         ({"sigma": "big"}, TypeError, r"`sigma` must be a real number, got 'big'"),
         ({"learning_rate": -1.0}, ValueError, r"`learning_rate` must be finite and > 0"),
         ({"rank": 0}, ValueError, r"`rank` must be at least 1, got 0"),
-        ({"optimizer": "lbfgs"}, ValueError, r"`optimizer` must be one of .*'lbfgs'"),
+        ({"optimizer": "lbfgs"}, ValueError, r"`optimizer` must be None or one of .*'lbfgs'"),
         ({"seed": -3}, ValueError, r"`seed` must be at least 0, got -3"),
         ({"seed": True}, TypeError, r"`seed` must be an int, got True"),
         ({"independent_sampler": "random"}, TypeError, r"`independent_sampler` must be"),
