@@ -12,21 +12,20 @@ Example:
 
 from typing import Any
 
-from . import nn, optim, shaping
+from . import adaptation, nn, optim, shaping
 from ._backend import cupy_available
 from ._backend import to_numpy as _to_numpy
+from ._defaults import default_learning_rate, default_popsize, default_sigma
 from ._evaluate import (
     Broadcast,
     Evaluation,
     EvaluationError,
-    GenerationReport,
     MemberFailure,
-    OptimizeResult,
     ProcessPool,
     RemoteExecutor,
     evaluate,
-    optimize,
 )
+from ._optimize import GenerationReport, OptimizeResult, optimize
 from ._population import LeafSpec, Member, MemberSpec, Population
 from ._strategy import AskTellError, Eggroll, GenerationStats, OpenES
 from ._tree import tree_map
@@ -51,7 +50,11 @@ __all__ = [
     "ProcessPool",
     "RemoteExecutor",
     "__version__",
+    "adaptation",
     "cupy_available",
+    "default_learning_rate",
+    "default_popsize",
+    "default_sigma",
     "evaluate",
     "nn",
     "optim",

@@ -27,21 +27,19 @@ import numbers
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import numpy as np
 
 from . import _checkpoint, adaptation
 from ._backend import Backend, get_backend, to_numpy
 from ._defaults import default_learning_rate, default_popsize, default_sigma
+from ._optimize import OptimizeResult, optimize
 from ._population import NOISE_KINDS, LeafSpec, Population, leaf_noise
 from ._tree import flatten, unflatten
 from .adaptation import SigmaAdaptation, get_sigma_adaptation
 from .optim import GradientTransformation, get_optimizer
 from .shaping import ShapingFunction, get_shaping
-
-if TYPE_CHECKING:
-    from ._evaluate import OptimizeResult
 
 NAN_POLICIES = ("worst", "raise")
 _CUSTOM = "custom"  # a callable the checkpoint cannot store
@@ -536,8 +534,6 @@ class Eggroll:
             >>> result.generations, es.generation
             (20, 20)
         """
-        from ._evaluate import optimize  # _evaluate builds on this module
-
         return optimize(self, fitness_fn, generations, **options)
 
     def _validate_fitness(self, fitness: Any) -> np.ndarray:
