@@ -479,11 +479,22 @@ class Eggroll:
             total = float(np.abs(weights).sum())
             utilities = weights / total if total > 0 else np.zeros_like(weights)
             grads = self._loss_gradient(population, utilities, -1.0)
-            per_draw = utilities[0::2] + utilities[1::2] if self._mirrored else utilities
-            noise = {path: population.factors(path, unit=True) for path in grads}
-            adaptation_state = self._adaptation.update(
-                adaptation_state, noise, per_draw, self._rank
+            signed = utilities * population.signs
+            if self._mirrored:
+                selection = utilities[0::2] + utilities[1::2]
+                signed = signed[0::2] + signed[1::2]
+            else:
+                selection = utilities
+            squares = float(np.sum(utilities**2))
+            observed = adaptation.Observation(
+                noise={path: population.factors(path, unit=True) for path in grads},
+                selection=selection,
+                direction={path: -grad for path, grad in grads.items()},
+                direction_norm=float(np.sqrt(np.sum(signed**2))),
+                mu_eff=1.0 / squares if squares > 0 else 1.0,
+                rank=self._rank,
             )
+            adaptation_state = self._adaptation.update(adaptation_state, observed)
         gradient_norm = self._norm(grads)
         updates, self._opt_state = self._optimizer.update(grads, self._opt_state, self._trainable())
         if self._adaptation is not None:

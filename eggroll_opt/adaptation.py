@@ -53,6 +53,7 @@ from ._population import LeafSpec
 
 __all__ = [
     "SIGMA_ADAPTATIONS",
+    "Observation",
     "SigmaAdaptation",
     "get_sigma_adaptation",
     "leaf_scales",
@@ -60,6 +61,7 @@ __all__ = [
     "leaf_sigmas",
     "lowrank_variance",
     "noise_scales",
+    "path_length",
 ]
 
 State = dict[str, Any]
@@ -70,11 +72,34 @@ SCALE_LIMIT = 1e4
 """Row, column and entry scales stay within ``[1/SCALE_LIMIT, SCALE_LIMIT]``."""
 
 
+class Observation(NamedTuple):
+    """What a generation shows a step-size adaptation (built by ``Eggroll.tell``).
+
+    Attributes:
+        noise: the unit noise of every searched leaf, draws on the leading axis: ``(A, B)``
+            for a low-rank leaf (shapes (K, m, r), (K, n, r)), ``eps`` for a full one.
+        selection: per draw, the sum of its members' utilities (normalised to ``Σ|u| = 1``):
+            what ``‖Ê_k‖²``-type statistics are weighted by (host float64, shape (K,)).
+        direction: per leaf, the mean's whitened ascent direction ``Σ_i u_i ε̂_i`` (leaf shape).
+        direction_norm: ``√(Σ_k w_k²)`` of the per-draw weights of ``direction``, so that
+            ``direction / direction_norm`` has ``E‖·‖² = d`` under random selection.
+        mu_eff: ``1 / Σ_i u_i²``, the variance-effective number of selected members.
+        rank: the rank of the low-rank noise.
+    """
+
+    noise: Mapping[str, Any]
+    selection: np.ndarray
+    direction: Mapping[str, Any]
+    direction_norm: float
+    mu_eff: float
+    rank: int
+
+
 class SigmaAdaptation(NamedTuple):
-    """A step-size adaptation: ``init(leaves, sigma, rank)``, ``update(state, noise, w, rank)``."""
+    """A step-size adaptation: ``init(leaves, sigma, rank)``, ``update(state, observed)``."""
 
     init: Callable[[Mapping[str, LeafSpec], float, int], State]
-    update: Callable[[State, Mapping[str, Any], np.ndarray, int], State]
+    update: Callable[[State, Observation], State]
 
 
 def lowrank_variance(rows: int, columns: int, rank: int) -> float:
@@ -99,7 +124,7 @@ def _check_bounds(bounds: Any) -> tuple[float, float]:
     try:
         low, high = (float(b) for b in bounds)
     except (TypeError, ValueError):
-        raise TypeError(f"`sigma_bounds` must be a pair (low, high), got {bounds!r}.") from None
+        raise ValueError(f"`sigma_bounds` must be a pair (low, high), got {bounds!r}.") from None
     if not (0 < low <= 1 <= high < math.inf):
         raise ValueError(
             "`sigma_bounds` are multiples of the starting σ and must satisfy "
@@ -126,23 +151,24 @@ def default_scale_rate(size: int) -> float:
     return (3 + math.log(size)) / (5 * math.sqrt(2 * size))
 
 
-def _init(leaves: Mapping[str, LeafSpec], sigma: float, scales: bool) -> State:
-    log_sigma = {
-        p: np.array(math.log(sigma)) for p, leaf in leaves.items() if leaf.kind != "frozen"
-    }
+def _init(leaves: Mapping[str, LeafSpec], sigma: float, scales: bool, path: bool) -> State:
+    searched = {p: leaf for p, leaf in leaves.items() if leaf.kind != "frozen"}
+    log_sigma = {p: np.array(math.log(sigma)) for p in searched}
     state: State = {
         "log_sigma": log_sigma,
         "log_sigma0": {p: v.copy() for p, v in log_sigma.items()},
     }
+    if path:
+        state["path"] = {p: np.zeros(leaf.shape) for p, leaf in searched.items()}
     if scales:
         state["log_rows"], state["log_columns"], state["log_entries"] = {}, {}, {}
-        for path, leaf in leaves.items():
+        for name, leaf in searched.items():
             if leaf.kind == "lowrank":
                 rows, columns = leaf.matrix_shape
-                state["log_rows"][path] = np.zeros(rows)
-                state["log_columns"][path] = np.zeros(columns)
-            elif leaf.kind == "full" and math.prod(leaf.shape) > 1:
-                state["log_entries"][path] = np.zeros(leaf.shape)
+                state["log_rows"][name] = np.zeros(rows)
+                state["log_columns"][name] = np.zeros(columns)
+            elif math.prod(leaf.shape) > 1:
+                state["log_entries"][name] = np.zeros(leaf.shape)
     return state
 
 
@@ -168,70 +194,140 @@ def _lowrank_statistics(noise: Any, weights: Any, scales: bool) -> tuple[float, 
     return weighted_total, row_stat, column_stat
 
 
-def _make(scales: bool, bounds: Any, sigma_rate: Any, scale_rate: Any) -> SigmaAdaptation:
+def _full_statistics(noise: Any, weights: Any, scales: bool) -> tuple[float, Any]:
+    """Σ_k w_k (‖ε_k‖²/d - 1), and (if ``scales``) Σ_k w_k (ε_k² - 1) per entry."""
+    xp = namespace_of(noise)
+    flat = noise.reshape(noise.shape[0], -1).astype(xp.float64)
+    w = xp.asarray(weights, dtype=xp.float64)
+    squares = flat * flat
+    total = float(to_numpy(w @ (squares.mean(axis=1) - 1.0)))
+    if not scales:
+        return total, None
+    return total, np.asarray(to_numpy(w @ squares)) - float(to_numpy(w.sum()))
+
+
+def _path_constants(size: int, mu_eff: float) -> tuple[float, float]:
+    """CSA's cumulation rate ``c`` and damping ``d_σ`` for a leaf of ``size`` numbers."""
+    cumulation = (mu_eff + 2) / (size + mu_eff + 5)
+    damping = 1 + 2 * max(0.0, math.sqrt((mu_eff - 1) / (size + 1)) - 1) + cumulation
+    return cumulation, damping
+
+
+def _make(
+    gradient: bool, path_rule: str, scales: bool, bounds: Any, sigma_rate: Any, scale_rate: Any
+) -> SigmaAdaptation:
+    """The adaptation with a log-σ ``gradient`` term (NES) and/or an evolution ``path`` term.
+
+    ``path_rule`` is ``"none"``, ``"grow"`` (only its positive part: σ grows on slopes, which the
+    gradient term cannot see under mirrored sampling) or ``"full"`` (CSA).
+    """
     low, high = _check_bounds(bounds)
     sigma_rate = _check_rate("sigma_rate", sigma_rate)
     scale_rate = _check_rate("scale_rate", scale_rate)
     log_low, log_high = math.log(low), math.log(high)
     log_limit = math.log(SCALE_LIMIT)
+    csa = path_rule != "none"
 
     def init(leaves: Mapping[str, LeafSpec], sigma: float, rank: int) -> State:
-        return _init(leaves, sigma, scales)
+        return _init(leaves, sigma, scales, csa)
 
-    def update(state: State, noise: Mapping[str, Any], weights: np.ndarray, rank: int) -> State:
+    def learn_scales(new: State, key: str, path: str, step: np.ndarray) -> None:
+        value = new[key][path] + step.reshape(new[key][path].shape)
+        new[key][path] = np.clip(value - value.mean(), -log_limit, log_limit)
+
+    def update(state: State, observed: Observation) -> State:
         new: State = {key: dict(value) for key, value in state.items()}
-        for path, leaf_noise_ in noise.items():
-            if isinstance(leaf_noise_, tuple):
-                left, right = leaf_noise_
-                rows, columns = left.shape[1], right.shape[1]
+        rank, weights = observed.rank, observed.selection
+        for path, noise in observed.noise.items():
+            if isinstance(noise, tuple):
+                rows, columns = noise[0].shape[1], noise[1].shape[1]
                 size = rows * columns
-                learn_scales = scales and path in state.get("log_rows", {})
-                total, row_stat, column_stat = _lowrank_statistics(
-                    leaf_noise_, weights, learn_scales
-                )
+                with_scales = scales and path in state["log_rows"]
+                total, row_stat, column_stat = _lowrank_statistics(noise, weights, with_scales)
                 variance = lowrank_variance(rows, columns, rank)
-                if learn_scales:
+                if with_scales:
                     rate = scale_rate or default_scale_rate(size)
-                    for key, stat, count in (
-                        ("log_rows", row_stat, columns),
-                        ("log_columns", column_stat, rows),
-                    ):
-                        step = rate * stat / math.sqrt(_row_variance(count, rank))
-                        value = state[key][path] + step
-                        new[key][path] = np.clip(value - value.mean(), -log_limit, log_limit)
+                    row_sd = math.sqrt(_row_variance(columns, rank))
+                    column_sd = math.sqrt(_row_variance(rows, rank))
+                    learn_scales(new, "log_rows", path, rate * row_stat / row_sd)
+                    learn_scales(new, "log_columns", path, rate * column_stat / column_sd)
             else:
-                xp = namespace_of(leaf_noise_)
-                draws = leaf_noise_.shape[0]
-                flat = leaf_noise_.reshape(draws, -1).astype(xp.float64)
-                size = flat.shape[1]
-                w = xp.asarray(weights, dtype=xp.float64)
-                squares = flat * flat
-                total = float(to_numpy(w @ (squares.mean(axis=1) - 1.0)))
+                size = math.prod(noise.shape[1:])
+                with_scales = scales and path in state["log_entries"]
+                total, entry_stat = _full_statistics(noise, weights, with_scales)
                 variance = 2.0 / size
-                if scales and path in state.get("log_entries", {}):
+                if with_scales:
                     rate = scale_rate or default_scale_rate(size)
-                    stat = np.asarray(to_numpy(w @ squares)) - float(to_numpy(w.sum()))
-                    value = state["log_entries"][path] + (rate / math.sqrt(2.0)) * stat.reshape(
-                        state["log_entries"][path].shape
-                    )
-                    new["log_entries"][path] = np.clip(value - value.mean(), -log_limit, log_limit)
-            rate = sigma_rate or default_sigma_rate(size)
+                    learn_scales(new, "log_entries", path, rate * entry_stat / math.sqrt(2.0))
+            log_sigma = float(state["log_sigma"][path])
+            if gradient:
+                log_sigma += (sigma_rate or default_sigma_rate(size)) * total / math.sqrt(variance)
+            if csa:
+                cumulation, damping = _path_constants(size, observed.mu_eff)
+                z = np.asarray(to_numpy(observed.direction[path]), dtype=np.float64)
+                z = z / observed.direction_norm if observed.direction_norm > 0 else z * 0.0
+                trail = (1 - cumulation) * state["path"][path] + math.sqrt(
+                    cumulation * (2 - cumulation)
+                ) * z.reshape(state["path"][path].shape)
+                new["path"][path] = trail
+                squared = float(np.vdot(trail, trail)) / size
+                term = cumulation / (2 * damping) * (squared - 1)
+                if path_rule == "grow":
+                    log_sigma += max(term, 0.0)
+                else:
+                    log_sigma += (1.0 if gradient else sigma_rate or 1.0) * term
             start = float(state["log_sigma0"][path])
-            value = float(state["log_sigma"][path]) + rate * total / math.sqrt(variance)
-            new["log_sigma"][path] = np.array(min(max(value, start + log_low), start + log_high))
+            clipped = min(max(log_sigma, start + log_low), start + log_high)
+            new["log_sigma"][path] = np.array(clipped)
         return new
 
     return SigmaAdaptation(init, update)
 
 
-def leaf_sigma(*, bounds: Any = DEFAULT_BOUNDS, sigma_rate: float | None = None) -> SigmaAdaptation:
-    """One σ per leaf, learned with the natural-gradient log-σ rule (rank-aware variance).
+def path_length(
+    *,
+    bounds: Any = DEFAULT_BOUNDS,
+    scales: bool = False,
+    sigma_rate: float | None = None,
+    scale_rate: float | None = None,
+) -> SigmaAdaptation:
+    """One σ per leaf by cumulative step-size adaptation (CSA, squared-norm form).
+
+    Each leaf keeps an evolution path ``p ← (1 - c) p + √(c(2 - c)) z`` of its normalised mean
+    steps ``z`` (in whitened units, ``E‖z‖² = d`` under random selection for dense and
+    low-rank noise alike, so no correction for low rank is needed), and
+    ``log σ += c / (2 d_σ) · (‖p‖²/d - 1)``: σ grows while steps line up (a slope) and shrinks
+    while they cancel (near an optimum). ``c = (μ_eff + 2)/(d + μ_eff + 5)`` and ``d_σ`` are
+    CMA-ES's settings, with ``μ_eff = 1/Σu²`` from the utilities. The path costs one array of
+    the leaf's size.
+
+    Args:
+        bounds: σ stays within ``[low, high]`` times its starting value.
+        scales: also learn row × column scales (low-rank leaves) and entry scales (full
+            leaves), as :func:`noise_scales` does.
+        sigma_rate: multiplies the log-σ step (default 1).
+        scale_rate: rate of the log-scales; None uses :func:`default_scale_rate`.
+    """
+    return _make(False, "full", scales, bounds, sigma_rate, scale_rate)
+
+
+def leaf_sigma(
+    *, bounds: Any = DEFAULT_BOUNDS, sigma_rate: float | None = None, grow_on_slopes: bool = True
+) -> SigmaAdaptation:
+    """One σ per leaf: the natural-gradient log-σ rule (rank-aware), guarded on slopes.
+
+    ``log σ += c_σ · Σ_k w_k t_k / sd(t)`` with ``t = ‖Ê‖²/d - 1``, ``w_k`` the selection
+    weight of draw ``k`` and ``sd(t)`` from :func:`lowrank_variance`. Under mirrored sampling
+    the two members of a pair share ``‖Ê‖²``, so this term sees only curvature and cannot tell
+    that σ is too small on a slope; with ``grow_on_slopes`` the positive part of
+    :func:`path_length`'s term is added (σ grows while the mean's steps line up).
 
     Args:
         bounds: σ stays within ``[low, high]`` times its starting value.
         sigma_rate: ``c_σ``; None uses :func:`default_sigma_rate` of each leaf's size.
+        grow_on_slopes: add the evolution path's growth term.
     """
-    return _make(False, bounds, sigma_rate, None)
+    return _make(True, "grow" if grow_on_slopes else "none", False, bounds, sigma_rate, None)
 
 
 def noise_scales(
@@ -239,25 +335,37 @@ def noise_scales(
     bounds: Any = DEFAULT_BOUNDS,
     sigma_rate: float | None = None,
     scale_rate: float | None = None,
+    grow_on_slopes: bool = True,
 ) -> SigmaAdaptation:
     """:func:`leaf_sigma`, plus row × column scales (low-rank leaves) and entry scales (full).
 
     A low-rank member becomes ``σ/√r · diag(ρ) A Bᵀ diag(γ)``: it adapts to ill-conditioning
     that is a product of a row and a column factor at no extra cost per member. Full leaves
-    learn one scale per entry (SNES). Scales are normalised to a geometric mean of 1 (σ carries
-    the overall size) and bounded by :data:`SCALE_LIMIT`.
+    learn one scale per entry (SNES). Each log-scale moves by ``rate · Σ_k w_k t_k / sd(t)``
+    with its row's, column's or entry's statistic ``t`` (mean square minus 1); scales are
+    normalised to a geometric mean of 1 (σ carries the overall size) and bounded by
+    :data:`SCALE_LIMIT`.
 
     Args:
         bounds: σ stays within ``[low, high]`` times its starting value.
         sigma_rate: ``c_σ``; None uses :func:`default_sigma_rate`.
         scale_rate: rate of the log-scales; None uses :func:`default_scale_rate`.
+        grow_on_slopes: as in :func:`leaf_sigma`.
     """
-    return _make(True, bounds, sigma_rate, scale_rate)
+    path = "grow" if grow_on_slopes else "none"
+    return _make(True, path, True, bounds, sigma_rate, scale_rate)
+
+
+def _plain_gradient(**options: Any) -> SigmaAdaptation:
+    """:func:`leaf_sigma` without the slope guard (for comparisons)."""
+    return leaf_sigma(grow_on_slopes=False, **options)
 
 
 SIGMA_ADAPTATIONS: dict[str, Callable[..., SigmaAdaptation]] = {
     "leaf": leaf_sigma,
     "scales": noise_scales,
+    "csa": path_length,
+    "nes": _plain_gradient,
 }
 _AUTO = "scales"
 
