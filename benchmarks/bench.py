@@ -15,6 +15,10 @@ Sections (each a table in the report, every row also in the JSON file):
   on popsize x batch inputs) at 1024 x 1024 layers.
 * ``peers``: EGGROLL beside evosax's OpenES and eggroll-trainer on one task, when those are
   installed (see ``docs/peers.md``; :mod:`benchmarks.peers`).
+* ``blackbox``: step-size adaptation on BBOB functions beside CMA-ES and sep-CMA-ES
+  (:mod:`benchmarks.blackbox`; here d = 10 and 100, or the sphere and the row x column
+  ellipsoid with ``--quick``; d = 1024 and 4096 run with ``python -m benchmarks.blackbox``,
+  see ``docs/blackbox.md``).
 
 Timings: warm-up, then repeats; medians with min-max. Peak memory: tracemalloc (NumPy) or the
 CuPy pool's growth. Ratios are taken between rows of the same run.
@@ -37,6 +41,7 @@ from eggroll_opt import nn
 from eggroll_opt._backend import Backend, get_backend
 
 from ._measure import describe, machine, peak_bytes, synchronize, time_call
+from .blackbox import markdown_blackbox, section_blackbox
 from .peers import markdown_peers, section_peers
 
 GB = 2**30
@@ -483,6 +488,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("")
     if result["sections"].get("peers"):
         lines += [markdown_peers(result["sections"]["peers"]), ""]
+    if result["sections"].get("blackbox"):
+        lines += [markdown_blackbox(result["sections"]["blackbox"]), ""]
     forward = result["sections"].get("forward", [])
     if forward:
         lines += [
@@ -571,13 +578,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections",
         default=None,
-        help="comma-separated subset of scale,popsize,rank,convergence,forward,peers "
+        help="comma-separated subset of scale,popsize,rank,convergence,forward,blackbox,peers "
         "(default: all; --quick leaves out peers)",
     )
     args = parser.parse_args(argv)
     backend = get_backend(args.backend)
     cap = args.memory_cap_gb * GB
-    all_sections = "scale,popsize,rank,convergence,forward" + ("" if args.quick else ",peers")
+    all_sections = "scale,popsize,rank,convergence,forward,blackbox" + (
+        "" if args.quick else ",peers"
+    )
     wanted = set((args.sections or all_sections).split(","))
     start = time.perf_counter()
     sections: dict[str, Any] = {}
@@ -615,6 +624,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "peers" in wanted:
         sections["peers"] = section_peers(quick)
+    if "blackbox" in wanted:
+        sections["blackbox"] = section_blackbox(
+            quick, dims=None if quick else [10, 100], progress=None
+        )
     result = {
         "backend": backend.name,
         "mode": "quick" if quick else "full",

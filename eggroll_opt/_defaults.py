@@ -48,14 +48,18 @@ def default_sigma(params: Mapping[str, Any]) -> float:
 
 # With an adaptation the learning rate is in units of the search distribution: SGD moves the
 # mean by learning_rate · σ · Σ u_i ε̂_i (Σ|u| = 1); Adam by about learning_rate · σ per entry.
-_ADAPTIVE = {"sgd": 3.0, "momentum": 1.0, "adam": 0.3, "custom": 1.0}
+_ADAPTIVE = {"momentum": 1.0, "adam": 0.3}
 
 
-def default_learning_rate(optimizer: str, sigma: float, *, adaptive: bool) -> float:
+def default_learning_rate(
+    optimizer: str, sigma: float, *, adaptive: bool, lowrank_fraction: float = 1.0
+) -> float:
     """The learning rate used when none is given.
 
-    * With a ``sigma_adaptation``: 3 for ``"sgd"`` (the natural-gradient step, measured best on
-      spheres from d = 100 to 4096), 1 for ``"momentum"``, 0.3 for ``"adam"``.
+    * With a ``sigma_adaptation`` and ``"sgd"`` (the natural-gradient step): 3 when low-rank
+      leaves hold at least half of the searched numbers, else 1 (dense noise diverged with 3
+      at d = 1024 and needed 2.5 times the evaluations at d = 100; ``docs/blackbox.md``);
+      1 for ``"momentum"``, 0.3 for ``"adam"``.
     * With fixed σ: ``σ/2`` for Adam and momentum (a step of about half the noise per entry, as
       in OpenAI's ES: σ = 0.02, learning rate 0.01) and ``σ²`` for SGD, whose gradient
       estimate grows as ``1/σ``.
@@ -63,7 +67,11 @@ def default_learning_rate(optimizer: str, sigma: float, *, adaptive: bool) -> fl
     Example:
         >>> default_learning_rate("adam", 0.1, adaptive=False)
         0.05
+        >>> default_learning_rate("sgd", 0.1, adaptive=True, lowrank_fraction=0.0)
+        1.0
     """
     if adaptive:
+        if optimizer == "sgd":
+            return 3.0 if lowrank_fraction >= 0.5 else 1.0
         return _ADAPTIVE.get(optimizer, 1.0)
     return sigma**2 if optimizer == "sgd" else sigma / 2

@@ -18,6 +18,9 @@ Conventions, in one place (see also ``docs/conventions.md``):
 * **Step.** The optimizer receives ``-g`` (the gradient of a loss) and returns the step added to
   the parameters, so every optimizer, learning rate and weight decay means the same thing for
   both strategies.
+* **Adapted σ.** With a ``sigma_adaptation`` (:mod:`eggroll_opt.adaptation`) σ and the noise
+  scales are state: the optimizer receives ``-Σ_i u_i ε̂_i`` with ``u = z / Σ|z|`` (whitened
+  units) and its step is multiplied by each leaf's σ and scales, the natural-gradient step.
 """
 
 from __future__ import annotations
@@ -109,7 +112,9 @@ class Eggroll:
         sigma: starting noise scale σ > 0. None: :func:`default_sigma` (0.1 times the RMS of
             the initial searched parameters, 0.1 if they are all zero).
         rank: rank r of the low-rank perturbations (1 <= r <= min(m, n) of each such leaf).
-        learning_rate: step size of the optimizer. None: :func:`default_learning_rate`.
+        learning_rate: step size of the optimizer. None: :func:`default_learning_rate` (σ/2
+            for Adam with fixed σ; 3 for the natural-gradient step when low-rank leaves hold
+            most of the searched numbers, 1 otherwise).
         optimizer: ``"adam"``, ``"sgd"``, ``"momentum"`` or a
             :class:`~eggroll_opt.optim.GradientTransformation`. None: ``"adam"`` with fixed σ,
             ``"sgd"`` (the natural-gradient step) with a ``sigma_adaptation``.
@@ -218,10 +223,14 @@ class Eggroll:
         if optimizer is None:
             optimizer = "adam" if self._adaptation is None else "sgd"
         if learning_rate is None:
+            lowrank = sum(
+                math.prod(leaf.shape) for leaf in self._leaves.values() if leaf.kind == "lowrank"
+            )
             learning_rate = default_learning_rate(
                 optimizer if isinstance(optimizer, str) else "custom",
                 self._sigma,
                 adaptive=self._adaptation is not None,
+                lowrank_fraction=lowrank / max(searched, 1),
             )
         self._learning_rate = _check_float("learning_rate", learning_rate, positive=True)
         self._weight_decay = _check_float("weight_decay", weight_decay, positive=False)

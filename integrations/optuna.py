@@ -112,7 +112,6 @@ SAMPLER_ATTR = "eggroll_opt:sampler"
 _FORMAT = 2  # bump when the encoding or the replay rule changes: old runs then start afresh
 _SIGMA = 0.2  # starting σ: a fifth of every numeric range, 0.2 in logit units
 _SIGMA_BOUNDS = (1e-4, 5.0)  # adapted σ stays within [2e-5, 1] of a range
-_ADAPTIVE_LEARNING_RATE = 1.0  # natural-gradient step: 1 beat the strategy's 3 on HPO spaces
 
 # Numeric coordinate kinds.
 _LINEAR, _LOG, _GRID, _INT_LOG = 0, 1, 2, 3
@@ -417,9 +416,9 @@ class EggrollSampler(BaseSampler):
             space's dimension.
         sigma: starting noise scale, in unit-interval units for numbers (the whole range is 1)
             and in logit units for choices.
-        learning_rate: step size of the optimizer; None: 1.0 for the default natural-gradient
-            step with an adaptation (the mean moves by ``σ · Σ u_i ε_i`` with ``Σ|u| = 1``), else
-            the strategy's default.
+        learning_rate: step size of the optimizer; None: the strategy's default
+            (:func:`eggroll_opt.default_learning_rate`; with an adaptation and dense noise, 1:
+            the mean moves by ``σ · Σ u_i ε_i`` with ``Σ|u| = 1``).
         rank: ``None`` (default): ``full`` noise for categorical matrices; an int ``r``:
             ``lowrank`` noise of rank ``r`` for each categorical matrix with
             ``r <= min(count, c)``, for very many categorical parameters.
@@ -752,11 +751,7 @@ class EggrollSampler(BaseSampler):
                 encoding.initial_params(),
                 popsize=popsize,
                 sigma=self._sigma,
-                learning_rate=_ADAPTIVE_LEARNING_RATE
-                if self._learning_rate is None
-                and self._optimizer is None
-                and self._sigma_adaptation is not None
-                else self._learning_rate,
+                learning_rate=self._learning_rate,
                 rank=self._rank or 1,
                 optimizer=self._optimizer,
                 sigma_adaptation=self._sigma_adaptation,

@@ -96,3 +96,26 @@ def test_core_benchmark_runs_at_toy_size():
     assert "OpenES / Eggroll time (adam)" in names
     assert result["rows"]["Eggroll ask+tell (sgd)"]["median"] > 0
     assert "| check |" in core.markdown(result)
+
+
+def test_blackbox_section_is_part_of_the_report():
+    pytest.importorskip("cmaes")
+    section = bench.section_blackbox(
+        True,
+        dims=[10],
+        functions=["f1"],
+        methods=["eggroll-scales", "sepcma"],
+        seeds=[0],
+        budget_scale=0.1,
+        progress=None,
+    )
+    result = {
+        "backend": "numpy",
+        "mode": "test",
+        "command": "test",
+        "machine": bench.machine(),
+        "total_seconds": 0.0,
+        "sections": {"blackbox": section},
+    }
+    text = bench.markdown(result)
+    assert "Black-box benchmark" in text and "eggroll-scales" in text and "sepcma" in text
