@@ -57,21 +57,28 @@ def test_gradient_of_the_matching_task_is_right():
     assert w.shape == (6, 6)
 
 
-def test_convergence_and_forward_sections_and_report(tmp_path):
-    result = {
+def _result(sections: dict) -> dict:
+    """A report of ``sections`` as ``bench.main`` assembles it."""
+    return {
         "backend": "numpy",
         "mode": "test",
         "command": "test",
         "machine": bench.machine(),
         "total_seconds": 0.0,
-        "sections": {
+        "sections": sections,
+    }
+
+
+def test_convergence_and_forward_sections_and_report(tmp_path):
+    result = _result(
+        {
             "convergence": bench.section_convergence(NUMPY, width=8, generations=40, popsize=32),
             "forward": bench.section_forward(NUMPY, width=32, popsize=8, batch=4, repeats=2),
             "rank": bench.section_rank(
                 NUMPY, width=32, popsize=8, repeats=2, match_width=8, generations=5
             ),
-        },
-    }
+        }
+    )
     methods = [row["method"] for row in result["sections"]["convergence"]]
     assert methods == ["Eggroll r=1", "Eggroll r=2", "OpenES", "gradient descent"]
     for row in result["sections"]["convergence"]:
@@ -109,13 +116,5 @@ def test_blackbox_section_is_part_of_the_report():
         budget_scale=0.1,
         progress=None,
     )
-    result = {
-        "backend": "numpy",
-        "mode": "test",
-        "command": "test",
-        "machine": bench.machine(),
-        "total_seconds": 0.0,
-        "sections": {"blackbox": section},
-    }
-    text = bench.markdown(result)
+    text = bench.markdown(_result({"blackbox": section}))
     assert "Black-box benchmark" in text and "eggroll-scales" in text and "sepcma" in text
