@@ -3,28 +3,31 @@
 A step-size adaptation is an ``init``/``update`` pair, like an optimizer (:mod:`.optim`):
 
 * ``init(leaves, sigma, rank) -> state`` gives every searched leaf its starting σ;
-* ``update(state, noise, weights, rank) -> state`` learns from one generation: ``noise`` holds
-  the *unit* noise of every searched leaf (``(A, B)`` for a low-rank leaf, ``eps`` for a full
-  one, draws on the leading axis) and ``weights`` the selection weight of every draw (the
-  shaped utilities of its members, normalised to ``Σ|u| = 1`` and summed over a mirrored pair).
-  It returns a new state and never modifies the one it was given.
+* ``update(state, observed) -> state`` learns from one generation's :class:`Observation` (the
+  unit noise of every searched leaf, the selection weight of every draw, the mean's whitened
+  step). It returns a new state and never modifies the one it was given, so a failed ``tell``
+  leaves the strategy as it was.
 
 The state is a dict of host float64 arrays: ``"log_sigma"`` (one 0-d array per leaf),
-``"log_sigma0"`` (the starting values, for the bounds and for restarts), and optionally
-``"log_rows"``/``"log_columns"`` (per low-rank leaf, shapes (m,) and (n,)) and
-``"log_entries"`` (per full leaf, the leaf's shape). Member ``i``'s perturbation is then
+``"log_sigma0"`` (the starting values, for the bounds and for restarts), and as the method
+needs them ``"path"`` (an evolution path per leaf), ``"log_rows"``/``"log_columns"`` (per
+low-rank leaf, shapes (m,) and (n,)) and ``"log_entries"`` (per full leaf, the leaf's shape).
+Member ``i``'s perturbation is then
 
 * low-rank: ``s_i σ / √r · diag(ρ) A_k B_kᵀ diag(γ)`` with ``ρ = exp(log_rows)``,
   ``γ = exp(log_columns)`` — still rank ``r``, so populations keep their factors;
 * full: ``s_i σ · D ∘ ε_k`` with ``D = exp(log_entries)``.
 
-The rules (derivations in ``docs/conventions.md``): with whitened noise ``Ê`` (before σ and the
-scales), the natural-gradient step of ``log σ`` is driven by ``t = ‖Ê‖²/d - 1``, of a row scale
-by that row's mean square minus 1, of an entry scale by ``ε² - 1``. Each statistic is divided
-by its standard deviation under the noise model (for rank-``r`` noise ``Var(‖Ê‖²/d)`` is
-``2/(rm) + 2/(rn) + 2(r+1)/(rd)``, not the dense ``2/d``), so one rate works for every shape:
+Methods (``sigma_adaptation=`` names; derivations in ``docs/conventions.md``):
 
-    log σ ← log σ + c_σ · Σ_k w_k t_k / sd(t)
+* ``"leaf"`` (:func:`leaf_sigma`): with whitened noise ``Ê`` (before σ and the scales),
+  ``log σ += c_σ · Σ_k w_k t_k / sd(t)`` with ``t = ‖Ê‖²/d - 1`` and, for rank-``r`` noise,
+  ``Var(t) = 2/(rm) + 2/(rn) + 2(r+1)/(rd)`` (not the dense ``2/d``), plus the positive part of
+  a path-length term so that σ also grows on slopes;
+* ``"scales"`` (:func:`noise_scales`, what ``"auto"`` picks): ``"leaf"`` plus row, column and
+  entry log-scales driven in the same way by each row's, column's or entry's mean square;
+* ``"csa"`` (:func:`path_length`): cumulative step-size adaptation alone;
+* ``"nes"``: ``"leaf"`` without the path term (for comparisons).
 
 Every statistic of a low-rank leaf comes from the ``r × r`` Gram matrices ``AᵀA`` and ``BᵀB``
 of each draw: ``O(K·r²·(m+n))`` work, never a dense ``m × n`` member.
