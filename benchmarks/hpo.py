@@ -76,6 +76,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._measure import describe, machine
+from .maxcut import load_runs
 
 PROBLEMS = ("svc-digits", "int-sphere30", "onemax120", "maxcut-g1", "mixed")
 SAMPLERS = ("eggroll", "eggroll-fixed", "tpe", "cmaes", "random")
@@ -638,19 +639,6 @@ def plot(runs: list[dict[str, Any]], table: dict[str, Problem], path: str) -> bo
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
-
-
-def load_runs(folder: str) -> list[dict[str, Any]]:
-    """Every run saved under ``folder/runs``."""
-    runs_dir = os.path.join(folder, "runs")
-    if not os.path.isdir(runs_dir):
-        return []
-    runs = []
-    for name in sorted(os.listdir(runs_dir)):
-        if name.endswith(".json"):
-            with open(os.path.join(runs_dir, name)) as file:
-                runs.append(json.load(file))
-    return runs
 
 
 def report(folder: str, table: dict[str, Problem], command: str) -> str:

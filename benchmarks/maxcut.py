@@ -221,6 +221,7 @@ def plot(runs: list[dict[str, Any]], path: str) -> None:
 
 
 def load_runs(folder: str) -> list[dict[str, Any]]:
+    """Every run saved under ``folder/runs`` (one JSON file each), in file-name order."""
     runs_dir = os.path.join(folder, "runs")
     if not os.path.isdir(runs_dir):
         return []
