@@ -57,8 +57,9 @@ def default_learning_rate(
     """The learning rate used when none is given.
 
     * With a ``sigma_adaptation`` and ``"sgd"`` (the natural-gradient step): 3 when low-rank
-      leaves hold at least half of the searched numbers, else 1 (dense noise diverged with 3
-      at d = 1024 and needed 2.5 times the evaluations at d = 100; ``docs/blackbox.md``);
+      leaves hold at least half of the searched numbers, else 1 (dense noise with 3 needed 2.4
+      times the evaluations on the sphere at d = 100 and did not reach 1e-8 in 256,000 at
+      d = 1024; ``docs/blackbox.md``);
       1 for ``"momentum"``, 0.3 for ``"adam"``.
     * With fixed σ: ``σ/2`` for Adam and momentum (a step of about half the noise per entry, as
       in OpenAI's ES: σ = 0.02, learning rate 0.01) and ``σ²`` for SGD, whose gradient
