@@ -308,6 +308,7 @@ class ProcessPool(RemoteExecutor):
         return self._pool
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` in a worker, starting a fresh pool if this one broke."""
         with self._lock:
             try:
                 return self._live_pool().submit(fn, *args, **kwargs)

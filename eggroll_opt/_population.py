@@ -436,7 +436,7 @@ class Population(Sequence[Member]):
         return unflatten(out)
 
     def stacked(self, path: str) -> Any:
-        """All members' values of leaf ``path``: an array (popsize, *shape).
+        """All members' values of leaf ``path``: an array ``(popsize, *shape)``.
 
         This materialises the population for that leaf (``N * prod(shape)`` numbers): cheap for
         biases and small leaves, the thing to avoid for large matrices (use :meth:`linear`).
