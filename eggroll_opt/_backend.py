@@ -99,3 +99,12 @@ def get_backend(name: str | Backend = "auto") -> Backend:
             "(pip install 'eggroll_opt[cuda]' on a machine with a GPU, or use backend='numpy')."
         )
     return Backend("cupy", importlib.import_module("cupy"), generator="arrays")
+
+
+def read_only(array: Any) -> Any:
+    """A read-only view of a NumPy array; a copy of a CuPy array (CuPy has no read-only flag)."""
+    if is_cupy_array(array):
+        return array.copy()
+    view = array.view()
+    view.flags.writeable = False
+    return view

@@ -25,7 +25,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from . import _noise
-from ._backend import Backend, get_backend, is_cupy_array, namespace_of
+from ._backend import Backend, get_backend, is_cupy_array, namespace_of, read_only
 from ._tree import flatten, unflatten
 
 NoiseKind = Literal["lowrank", "full", "frozen"]
@@ -111,7 +111,7 @@ def _perturbed(base: Any, leaf: LeafSpec, noise: Any, sign: float, sigma: float,
         return base + (sign * sigma / math.sqrt(rank)) * (left @ right.T).reshape(leaf.shape)
     if leaf.kind == "full":
         return base + (sign * sigma) * noise
-    return base
+    return read_only(base)  # a frozen leaf is the mean itself: a fitness must not edit it
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,11 @@ class Member:
         return self._population.spec(self._index)
 
     def params(self) -> dict[str, Any]:
-        """This candidate's full parameter tree, on the strategy's backend."""
+        """This candidate's full parameter tree, on the strategy's backend.
+
+        Searched leaves are new arrays; a frozen leaf is the mean itself, handed out as a
+        read-only view (a copy on CuPy) so that a fitness function cannot edit the mean.
+        """
         return self._population.member_params(self._index)
 
     def __repr__(self) -> str:

@@ -34,11 +34,12 @@ from typing import Any, Self
 
 import numpy as np
 
-from . import _checkpoint, adaptation
-from ._backend import Backend, get_backend, to_numpy
+from . import _checkpoint, _safe_step, adaptation
+from ._backend import Backend, get_backend, read_only, to_numpy
 from ._defaults import default_learning_rate, default_popsize, default_sigma
 from ._optimize import OptimizeResult, optimize
 from ._population import NOISE_KINDS, LeafSpec, Population, leaf_noise
+from ._safe_step import NonFiniteStepError
 from ._tree import flatten, unflatten
 from .adaptation import SigmaAdaptation, get_sigma_adaptation
 from .optim import GradientTransformation, get_optimizer
@@ -265,6 +266,7 @@ class Eggroll:
         self._generation = 0
         self._restarts = 0
         self._population: Population | None = None
+        self._param_peaks: dict[str, float] | None = None  # max |mean| per leaf, for _step
 
     def _init_adaptation(self) -> dict[str, Any] | None:
         if self._adaptation is None:
@@ -326,8 +328,14 @@ class Eggroll:
     # -- read-only state ---------------------------------------------------------------------
     @property
     def params(self) -> dict[str, Any]:
-        """The current mean, in the tree structure given (arrays on :attr:`backend`)."""
-        return unflatten(self._params)
+        """The current mean, in the tree structure given (arrays on :attr:`backend`).
+
+        On NumPy the arrays are **read-only views** of the strategy's own (writing to them
+        raises ``ValueError``; ``np.array(x)`` gives an editable copy); on CuPy, which has no
+        read-only arrays, they are copies. Either way, editing them never moves the mean: use
+        :meth:`restart` to set a new one.
+        """
+        return unflatten({path: read_only(value) for path, value in self._params.items()})
 
     @property
     def generation(self) -> int:
@@ -480,13 +488,19 @@ class Eggroll:
                 f"`fitness_shaping` must return {values.shape[0]} finite values, got "
                 f"{weights.shape} with {int((~np.isfinite(weights)).sum())} non-finite."
             )
+        xp = self._backend.xp
+        # Summed in a safe scale: weights = unit · 2**exponent (exponent 0 for normal weights).
+        unit, exponent = _safe_step.split_exponent(weights)
         adaptation_state = self._adaptation_state
         if self._adaptation is None or adaptation_state is None:
-            grads = self._loss_gradient(population, weights, -1.0 / (self._popsize * self._sigma))
+            grads = self._loss_gradient(population, unit, -1.0 / (self._popsize * self._sigma))
+            if exponent:
+                with np.errstate(over="ignore"):
+                    grads = {path: xp.ldexp(g, exponent) for path, g in grads.items()}
         else:
             # Utilities normalised to Σ|u| = 1; the gradient is taken in whitened units.
-            total = float(np.abs(weights).sum())
-            utilities = weights / total if total > 0 else np.zeros_like(weights)
+            total = float(np.abs(unit).sum())
+            utilities = unit / total if total > 0 else np.zeros_like(unit)
             grads = self._loss_gradient(population, utilities, -1.0)
             signed = utilities * population.signs
             if self._mirrored:
@@ -504,19 +518,92 @@ class Eggroll:
                 rank=self._rank,
             )
             adaptation_state = self._adaptation.update(adaptation_state, observed)
-        gradient_norm = self._norm(grads)
-        updates, self._opt_state = self._optimizer.update(grads, self._opt_state, self._trainable())
-        if self._adaptation is not None:
-            updates = self._follow_sigma(updates, population)
-        xp = self._backend.xp
-        params = dict(self._params)  # new arrays: the old mean stays valid for its population
-        for path, update in updates.items():
-            params[path] = xp.asarray(params[path] + update, dtype=params[path].dtype)
+        norms = {path: _safe_step.leaf_norm(xp, g) for path, g in grads.items()}
+        if not all(math.isfinite(norm) for norm in norms.values()):
+            raise self._non_finite(values, "search gradient")
+        params, opt_state = self._step(grads, norms, population, values)
         self._params = params
+        self._opt_state = opt_state
         self._adaptation_state = adaptation_state
         self._population = None
         self._generation += 1
-        return self._stats(values, gradient_norm, {p: population.sigma(p) for p in grads})
+        return self._stats(
+            values, math.hypot(*norms.values()), {p: population.sigma(p) for p in grads}
+        )
+
+    def _step(
+        self,
+        grads: dict[str, Any],
+        norms: Mapping[str, float],
+        population: Population,
+        values: np.ndarray,
+    ) -> tuple[dict[str, Any], Any]:
+        """The new mean and optimizer state, or :class:`NonFiniteStepError` with nothing changed.
+
+        The optimizer updates its state in place, so the state is copied first whenever an
+        overflow is possible (see :mod:`eggroll_opt._safe_step`).
+        """
+        xp = self._backend.xp
+        trainable = self._trainable()
+        if self._param_peaks is None:
+            self._param_peaks = _safe_step.peak_magnitudes(xp, trainable)
+        growth = max(1.0, self._learning_rate) * (1.0 + self._weight_decay)
+        if self._adaptation is not None:
+            growth *= max(1.0, self._largest_noise_scale(population))
+        dtypes = {path: self._leaves[path].dtype for path in grads}
+        snapshot = None
+        if self._optimizer_name is None or _safe_step.may_overflow(
+            norms, self._param_peaks, dtypes, growth
+        ):
+            snapshot = _safe_step.copy_tree(self._opt_state)
+        with np.errstate(over="ignore", invalid="ignore"):
+            updates, opt_state = self._optimizer.update(grads, self._opt_state, trainable)
+            if self._adaptation is not None:
+                updates = self._follow_sigma(updates, population)
+            params = dict(self._params)  # new arrays: the old mean stays valid for its population
+            for path, update in updates.items():
+                params[path] = xp.asarray(params[path] + update, dtype=params[path].dtype)
+        peaks = _safe_step.peak_magnitudes(xp, {path: params[path] for path in updates})
+        finite = all(math.isfinite(peak) for peak in peaks.values())
+        if finite and snapshot is not None:
+            finite = _safe_step.all_finite(xp, opt_state)
+        if not finite:
+            if snapshot is not None:
+                self._opt_state = snapshot
+            raise self._non_finite(values, "step")
+        self._param_peaks = peaks
+        return params, opt_state
+
+    def _largest_noise_scale(self, population: Population) -> float:
+        """The largest σ times noise scale of any leaf (what the step is multiplied by)."""
+        largest = 0.0
+        for path, leaf in self._leaves.items():
+            if leaf.kind == "frozen":
+                continue
+            factor = population.sigma(path)
+            scales = population.scales(path)
+            if scales is not None:
+                parts = scales if leaf.kind == "lowrank" else (scales,)
+                factor *= math.prod(float(np.max(to_numpy(part))) for part in parts)
+            largest = max(largest, factor)
+        return largest
+
+    def _non_finite(self, values: np.ndarray, what: str) -> NonFiniteStepError:
+        """The error of a ``tell`` that would have made the mean or optimizer state non-finite."""
+        finite = values[np.isfinite(values)]
+        spread = (
+            f"finite fitness spans [{finite.min():.3g}, {finite.max():.3g}]"
+            if finite.size
+            else "no fitness value is finite"
+        )
+        shaping = self._shaping_name or "a custom shaping"
+        return NonFiniteStepError(
+            f"`fitness` gives a non-finite {what} ({spread}, fitness_shaping={shaping!r}, "
+            f"optimizer={self._optimizer_name or 'custom'!r}, learning_rate="
+            f"{self._learning_rate:g}); the strategy is unchanged. Call tell again with "
+            "rescaled fitness, or use fitness_shaping='centered_rank' (the default), which "
+            "any values suit."
+        )
 
     def _follow_sigma(self, updates: dict[str, Any], population: Population) -> dict[str, Any]:
         """Each leaf's step times its σ and noise scales: the natural-gradient step."""
@@ -638,7 +725,7 @@ class Eggroll:
         return GenerationStats(
             generation=self._generation - 1,
             best_fitness=float(best),
-            mean_fitness=float(finite.mean()) if finite.size else float("nan"),
+            mean_fitness=_safe_step.mean(finite),
             worst_fitness=float(worst),
             best_index=int(np.flatnonzero(ok)[best_pos]),
             num_failed=int((~ok).sum()),
@@ -674,7 +761,15 @@ class Eggroll:
 
         The file is a NumPy ``.npz`` archive loadable without pickle, written atomically
         (a temporary file renamed over ``path``). A population handed out but not yet told is
-        not stored: after loading, ``ask`` hands out the identical population again.
+        not stored: after loading, ``ask`` hands out the identical population again. Temporary
+        files that killed saves of ``path`` left are removed here and by :meth:`load` (see
+        ``eggroll_opt._checkpoint`` for how a live save's file is told from a stale one).
+
+        Raises:
+            FileNotFoundError: if the folder of ``path`` does not exist.
+            ValueError: if ``path`` is a folder.
+            OSError: if writing fails (no space, no permission); the message names ``path``,
+                and the checkpoint already there, if any, is left as it was.
         """
         _checkpoint.save(
             path,
@@ -708,8 +803,12 @@ class Eggroll:
             sigma_adaptation: required if the saved strategy used a custom SigmaAdaptation.
 
         Raises:
+            FileNotFoundError: if ``path`` does not exist.
             ValueError: for a file that is not a checkpoint of this class or of this format
-                version, or when a callable that cannot be stored is not given again.
+                version (a folder, an empty, truncated or damaged file, a ``.npy`` or any other
+                file; the message names ``path`` and what is wrong), or when a callable that
+                cannot be stored is not given again.
+            OSError: if the file cannot be read (no permission).
         """
         data = _checkpoint.load(path, strategy=cls.__name__)
         config = dict(data.config)
@@ -742,8 +841,9 @@ class Eggroll:
         """Load a checkpoint's parameters, optimizer state and counters into this strategy.
 
         Raises:
+            FileNotFoundError: if ``path`` does not exist.
             ValueError: if the checkpoint's leaves (paths, shapes, dtypes, noise kinds) or
-                seed differ from this strategy's.
+                seed differ from this strategy's, or for a file that :meth:`load` refuses.
         """
         data = _checkpoint.load(path, strategy=type(self).__name__)
         mine = list(self._leaves.values())
@@ -788,6 +888,7 @@ class Eggroll:
         self._restarts = data.restarts
         self._popsize = int(data.config["popsize"])  # a restart may have grown it
         self._population = None
+        self._param_peaks = None
 
     def restart(
         self, params: Mapping[str, Any] | None = None, *, popsize: int | None = None
@@ -831,6 +932,7 @@ class Eggroll:
         self._adaptation_state = self._init_adaptation()
         self._restarts += 1
         self._population = None
+        self._param_peaks = None
 
 
 class OpenES(Eggroll):

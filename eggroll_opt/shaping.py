@@ -72,18 +72,35 @@ def _finite(utility: np.ndarray) -> np.ndarray:
     return np.where(utility == np.inf, best, np.where(finite, utility, worst))
 
 
+def _standardize(groups: np.ndarray) -> np.ndarray:
+    """Z-score each row of ``groups`` (finite values), zeros for a row of equal values.
+
+    Each row is first divided by its largest magnitude, a power of two taken from it, so the
+    mean and the standard deviation cannot overflow (``[1e308, -1e308]``) or underflow to zero
+    (values near 1e-310): the result depends only on the values' ratios, as a z-score should.
+    """
+    peak = np.abs(groups).max(axis=1, keepdims=True)
+    exponent = np.frexp(np.where(peak > 0, peak, 1.0))[1]
+    scaled = np.ldexp(groups, -exponent)  # exact: |scaled| < 1
+    centered = scaled - scaled.mean(axis=1, keepdims=True)
+    std = centered.std(axis=1, keepdims=True)
+    return np.where(std > 0, centered / np.where(std > 0, std, 1.0), 0.0)
+
+
 def zscore(utility: np.ndarray) -> np.ndarray:
     """``(u - mean) / std`` over the generation (zeros when all values are equal).
+
+    Computed on the values divided by their largest magnitude, so any finite values (from
+    1e-308 to 1e308 and mixed signs) give finite weights.
 
     Example:
         >>> zscore(np.array([1.0, 2.0, 3.0]))
         array([-1.22474487,  0.        ,  1.22474487])
+        >>> zscore(np.array([1e308, 1e308, 1e308]))
+        array([0., 0., 0.])
     """
     utility = _finite(utility)
-    std = utility.std()
-    if not std > 0:
-        return np.zeros_like(utility)
-    return (utility - utility.mean()) / std
+    return _standardize(utility.reshape(1, -1)).reshape(-1)
 
 
 def raw(utility: np.ndarray) -> np.ndarray:
@@ -115,11 +132,7 @@ def group_zscore(group_size: int) -> ShapingFunction:
             raise ValueError(
                 f"`group_size`={group_size} does not divide the population size {utility.shape[0]}."
             )
-        groups = utility.reshape(-1, group_size)
-        std = groups.std(axis=1, keepdims=True)
-        centered = groups - groups.mean(axis=1, keepdims=True)
-        safe_std = np.where(std > 0, std, 1.0)
-        return np.where(std > 0, centered / safe_std, 0.0).reshape(-1)
+        return _standardize(utility.reshape(-1, group_size)).reshape(-1)
 
     shape.__name__ = f"group_zscore({group_size})"
     return shape

@@ -87,3 +87,32 @@ def test_get_shaping_names_and_errors():
         shaping.get_shaping("ranks")
     with pytest.raises(TypeError, match="`fitness_shaping` must be a name or a callable"):
         shaping.get_shaping(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [shaping.zscore, shaping.group_zscore(2)])
+def test_value_shapings_of_equal_huge_values_are_zero(shape):
+    np.testing.assert_array_equal(shape(np.full(4, 1e308)), np.zeros(4))
+    np.testing.assert_array_equal(shape(np.full(4, -1.7e308)), np.zeros(4))
+
+
+def test_zscore_survives_values_whose_sum_or_square_overflows():
+    weights = shaping.zscore(np.array([1e308, -1e308, 0.0, 1.0]))
+    assert np.isfinite(weights).all()
+    np.testing.assert_allclose(weights, [np.sqrt(2), -np.sqrt(2), 0, 0], atol=1e-12)
+    # Sub-normal spreads do not underflow to an all-zero update either.
+    tiny = shaping.zscore(np.array([1e-310, 2e-310, 3e-310]))
+    np.testing.assert_allclose(tiny, shaping.zscore(np.array([1.0, 2.0, 3.0])))
+    pairs = shaping.group_zscore(2)(np.array([1e308, -1e308, 1.5e308, 1.6e308]))
+    np.testing.assert_allclose(pairs, [1, -1, -1, 1])
+
+
+@given(
+    arrays(np.float64, st.integers(2, 30), elements=st.floats(-1e3, 1e3)),
+    st.integers(-1000, 1000),
+)
+def test_zscore_is_invariant_to_power_of_two_scaling(values, exponent):
+    scaled = np.ldexp(values, exponent)
+    nonzero = np.abs(scaled[values != 0])
+    if not np.isfinite(scaled).all() or (nonzero < np.finfo(np.float64).tiny).any():
+        return  # overflowed or lost digits as sub-normals: not the same values any more
+    np.testing.assert_allclose(shaping.zscore(scaled), shaping.zscore(values), atol=1e-9)

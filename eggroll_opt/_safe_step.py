@@ -1,0 +1,129 @@
+"""Keep a ``tell`` from committing a non-finite mean or optimizer state.
+
+Fitness is arbitrary: raw values of 1e20, 1e308 or mixed ``±1e308`` reach the update with
+``fitness_shaping="raw"``. Three things here make ``tell`` safe for them:
+
+* **A safe scale for the sum.** :func:`split_exponent` factors the shaped weights into
+  ``unit · 2**e`` with ``|unit| < 1``; the gradient is summed from ``unit`` and multiplied by
+  ``2**e`` afterwards (``ldexp``, exact), so the sum cannot overflow on the way to a
+  representable result. Typical weights (``|w| < 2**32``) are left as they are, bit for bit.
+* **A safe norm.** :func:`leaf_norm` rescales a leaf whose plain norm overflows.
+* **A rollback.** ``tell`` checks the new mean (and, where an overflow was possible, the new
+  optimizer state) and raises :class:`NonFiniteStepError` instead of committing: the strategy
+  stays as it was and the same ``tell`` can be retried with other fitness. Optimizers update
+  their state in place (see :mod:`eggroll_opt.optim`), so the state is copied first, but only
+  when :func:`may_overflow` says an overflow is possible: for the built-in optimizers that
+  needs gradients or parameters within a factor ``2**20`` of ``sqrt`` of the float range, far
+  beyond any normal run; a custom optimizer is always copied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ._backend import to_numpy
+
+_KEEP_BELOW = 2.0**32  # weights below this are summed as they are
+_MARGIN = 2.0**20  # how far from overflow the built-in optimizers are trusted
+
+
+class NonFiniteStepError(ValueError):
+    """``tell`` would have made the mean or the optimizer state non-finite; nothing changed."""
+
+
+def split_exponent(weights: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(unit, e)`` with ``weights == ldexp(unit, e)`` exactly; ``e = 0`` for normal weights.
+
+    Example:
+        >>> unit, e = split_exponent(np.array([1e300, -3.0]))
+        >>> e, bool(np.abs(unit).max() < 1), bool(np.ldexp(unit, e)[0] == 1e300)
+        (997, True, True)
+    """
+    peak = float(np.abs(weights).max(initial=0.0))
+    if peak < _KEEP_BELOW:
+        return weights, 0
+    exponent = int(np.frexp(peak)[1])
+    return np.ldexp(weights, -exponent), exponent
+
+
+def mean(values: np.ndarray) -> float:
+    """The mean of finite float64 ``values`` without overflow in the sum (NaN if empty)."""
+    if values.size == 0:
+        return float("nan")
+    unit, exponent = split_exponent(values)
+    return float(np.ldexp(unit.mean(), exponent))
+
+
+def leaf_norm(xp: Any, array: Any) -> float:
+    """The Euclidean norm of ``array`` as a float, without overflow in the squares."""
+    flat = array.reshape(-1)
+    with np.errstate(over="ignore"):
+        norm = float(xp.linalg.norm(flat))
+    if math.isinf(norm):
+        peak = peak_magnitude(xp, flat)
+        if math.isfinite(peak) and peak > 0:
+            norm = peak * float(xp.linalg.norm(flat / peak))
+    return norm
+
+
+def peak_magnitude(xp: Any, array: Any) -> float:
+    """``max |array|`` (NaN if any entry is NaN), without allocating ``|array|``."""
+    return max(float(xp.max(array)), -float(xp.min(array)))
+
+
+def peak_magnitudes(xp: Any, arrays: Mapping[str, Any]) -> dict[str, float]:
+    """:func:`peak_magnitude` of each array, read back to the host in one transfer."""
+    if not arrays:
+        return {}
+    extremes = xp.stack(
+        [xp.stack([xp.max(a), -xp.min(a)]).astype(xp.float64) for a in arrays.values()]
+    )
+    values = np.asarray(to_numpy(extremes)).max(axis=1)
+    return {path: float(value) for path, value in zip(arrays, values, strict=True)}
+
+
+def copy_tree(tree: Any) -> Any:
+    """A copy of a nest of dicts/tuples/lists whose array leaves are copied (ints kept)."""
+    if isinstance(tree, Mapping):
+        return {key: copy_tree(value) for key, value in tree.items()}
+    if isinstance(tree, tuple | list):
+        copied = [copy_tree(value) for value in tree]
+        return type(tree)(*copied) if hasattr(tree, "_fields") else type(tree)(copied)
+    return tree.copy() if hasattr(tree, "copy") and hasattr(tree, "dtype") else tree
+
+
+def all_finite(xp: Any, tree: Any) -> bool:
+    """Whether every array leaf of a nest of dicts/tuples/lists is finite (ints pass)."""
+    if isinstance(tree, Mapping):
+        return all(all_finite(xp, value) for value in tree.values())
+    if isinstance(tree, tuple | list):
+        return all(all_finite(xp, value) for value in tree)
+    if hasattr(tree, "dtype") and np.dtype(tree.dtype).kind == "f":
+        return bool(xp.isfinite(tree).all())
+    return True
+
+
+def may_overflow(
+    gradient_norms: Mapping[str, float],
+    param_peaks: Mapping[str, float],
+    dtypes: Mapping[str, Any],
+    growth: float,
+) -> bool:
+    """Whether a built-in optimizer step could overflow for these gradients and parameters.
+
+    ``growth`` bounds how much the step can exceed the gradient (learning rate, weight decay,
+    σ and noise scales); a leaf is at risk when ``growth·‖g‖`` comes within ``2**20`` of
+    ``sqrt`` of its dtype's largest value (Adam squares the gradient) or its mean within
+    ``2**20`` of the largest value itself.
+    """
+    for path, norm in gradient_norms.items():
+        largest = float(np.finfo(dtypes[path]).max)
+        if not norm * growth * _MARGIN < math.sqrt(largest):
+            return True
+        if not param_peaks.get(path, 0.0) * _MARGIN < largest:
+            return True
+    return False
