@@ -14,6 +14,9 @@ from eggroll_opt.__main__ import main
 def test_demo_runs_both_strategies_and_reports(capsys):
     code = _demo.main(["--hidden", "16", "--popsize", "32", "--generations", "3", "--quiet"])
     out = capsys.readouterr().out
+    # It says what "solved" means and why the two rows differ.
+    assert "Solved: the mean policy (no noise) averages >= 475" in out
+    assert "Why the rows differ" in out and "only the noise differs" in out
     assert code == 0
     assert "| Eggroll | " in out and "| OpenES | " in out
     assert "peak memory (MB)" in out and "s / generation" in out
