@@ -1,9 +1,15 @@
-"""Checkpoints: exact resume, format checks, no pickle, atomic writes."""
+"""Checkpoints: exact resume, format checks, no pickle, atomic writes, clear read errors."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -153,3 +159,194 @@ def test_checkpoint_is_plain_arrays_written_atomically(tmp_path, monkeypatch):
         es.save(path)
     assert path.read_bytes() == before  # the old checkpoint survives a failed write
     assert os.listdir(tmp_path) == ["a.ckpt"]  # and no temporary file is left behind
+
+
+def test_write_errors_name_the_users_path(tmp_path, monkeypatch):
+    es = _make(eo.Eggroll)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_checkpoint.np, "savez", full_disk)
+    path = tmp_path / "a.ckpt"
+    with pytest.raises(
+        OSError, match=re.escape(f"`path` {str(path)!r}: No space left on device")
+    ) as info:
+        es.save(path)
+    assert info.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_into_a_missing_folder_or_onto_a_folder(tmp_path):
+    es = _make(eo.Eggroll)
+    missing = tmp_path / "nowhere" / "a.ckpt"
+    with pytest.raises(
+        FileNotFoundError, match=r"`path` .*nowhere.*a\.ckpt'.*does not exist"
+    ) as info:
+        es.save(missing)
+    assert ".tmp" not in str(info.value)  # the user's path, not the temporary file's
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ValueError, match=r"`path` .*runs' is a folder; save needs a file name"):
+        es.save(tmp_path / "runs")
+
+
+def _only_metadata(good, folder):
+    (folder / "good.ckpt").write_bytes(good)
+    with np.load(folder / "good.ckpt") as archive, open(folder / "meta.npz", "wb") as file:
+        np.savez(file, __meta__=archive["__meta__"])
+    return (folder / "meta.npz").read_bytes()
+
+
+def _npy(good, folder):
+    with open(folder / "array.npy", "wb") as file:
+        np.save(file, np.zeros(3))
+    return (folder / "array.npy").read_bytes()
+
+
+def _corrupted(good, folder):
+    damaged = bytearray(good)
+    damaged[120:180] = bytes(60)  # inside the first member's data: its CRC fails
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (lambda good, folder: good[: len(good) // 2], "is truncated or damaged: not a complete"),
+        (lambda good, folder: good[:-10], "is truncated or damaged: not a complete .npz"),
+        (lambda good, folder: b"", r"is empty \(0 bytes\)"),
+        (_npy, r"is a single NumPy array \(.npy\), not an eggroll_opt checkpoint"),
+        (
+            lambda good, folder: np.random.default_rng(0).bytes(1000),
+            r"is not an eggroll_opt checkpoint: not an .npz \(zip\) archive",
+        ),
+        (_corrupted, "is damaged: its array '__meta__' cannot be read"),
+        (_only_metadata, "is damaged: it lacks the array 'param:"),
+    ],
+    ids=["truncated", "tail-cut", "empty", "npy", "random", "bad-crc", "no-params"],
+)
+def test_load_of_a_damaged_or_foreign_file_says_what_is_wrong(tmp_path, content, reason):
+    es = _make(eo.Eggroll)
+    es.save(tmp_path / "run.ckpt")
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(content((tmp_path / "run.ckpt").read_bytes(), tmp_path))
+    with pytest.raises(ValueError, match="^" + re.escape(f"`path` {str(path)!r} ") + reason):
+        eo.Eggroll.load(path)
+    with pytest.raises(ValueError, match=reason):
+        es.restore(path)
+
+
+def test_load_of_a_folder_or_a_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=r"`path` .* is a folder, not a checkpoint file"):
+        eo.Eggroll.load(tmp_path)
+    missing = tmp_path / "missing.ckpt"
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"no checkpoint at `path` {str(missing)!r}: no such")
+    ):
+        eo.Eggroll.load(missing)
+
+
+def _temporaries(folder):
+    return sorted(name for name in os.listdir(folder) if name.endswith(".tmp"))
+
+
+_STALLED_SAVE = """
+import sys, time
+import numpy as np
+import eggroll_opt as eo
+
+def stalled_savez(file, **arrays):  # a save that is killed while writing
+    file.write(b"half an archive")
+    file.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+
+np.savez = stalled_savez
+eo.Eggroll({"w": np.zeros(3)}, popsize=4, sigma=0.1, learning_rate=0.1, seed=0).save(sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="writers are told live by their process id on POSIX")
+def test_killed_saves_leave_no_temporary_files(tmp_path):
+    path = tmp_path / "run.ckpt"
+    es = _make(eo.Eggroll)
+    es.save(path)
+    writers, files = [], []
+    try:
+        for _ in range(2):  # one save to be killed, one still writing
+            writers.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _STALLED_SAVE, str(path)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            assert writers[-1].stdout.readline() == "writing\n"
+            (new,) = set(_temporaries(tmp_path)) - set(files)
+            files.append(new)
+        live_file = files[1]
+        writers[0].send_signal(signal.SIGKILL)
+        writers[0].wait()
+        es.save(path)  # removes the killed save's file, keeps the one still being written
+        assert _temporaries(tmp_path) == [live_file]
+        eo.Eggroll.load(path)
+        assert _temporaries(tmp_path) == [live_file]
+        writers[1].send_signal(signal.SIGKILL)
+        writers[1].wait()
+        eo.Eggroll.load(path)  # a load removes it too
+        assert _temporaries(tmp_path) == []
+    finally:
+        for writer in writers:
+            if writer.poll() is None:
+                writer.kill()
+                writer.wait()
+            writer.stdout.close()
+
+
+def test_which_temporary_files_count_as_stale(tmp_path, monkeypatch):
+    path = tmp_path / "run.ckpt"
+    mine = _checkpoint._temporary_prefix(str(path))
+    prefix = ".run.ckpt~"
+    files = {
+        "mine": f"{mine}abc.tmp",  # this process, but no save of it is writing: a leftover
+        "other_host_old": f"{prefix}elsewhere~123~abc.tmp",
+        "other_host_new": f"{prefix}elsewhere~124~abc.tmp",
+        "other_target": f".run.ckpt~x~{mine[len(prefix) :]}abc.tmp",  # of 'run.ckpt~x'
+        "unrelated": "run.ckpt.tmp",
+    }
+    for name in files.values():
+        (tmp_path / name).write_bytes(b"partial")
+    old = time.time() - _checkpoint.STALE_AFTER - 60
+    os.utime(tmp_path / files["other_host_old"], (old, old))
+    seen_while_writing = []
+    real_savez = np.savez
+
+    def savez_and_look(file, **arrays):
+        real_savez(file, **arrays)
+        ours = [name for name in os.listdir(tmp_path) if name.startswith(mine)]
+        _checkpoint.remove_stale_temporaries(path)  # e.g. a load from another thread
+        seen_while_writing.extend(name for name in ours if (tmp_path / name).exists())
+
+    monkeypatch.setattr(_checkpoint.np, "savez", savez_and_look)
+    _make(eo.Eggroll).save(path)
+    assert len(seen_while_writing) == 1  # the file being written survived the cleanup
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["run.ckpt", files["other_host_new"], files["other_target"], files["unrelated"]]
+    )
+
+
+def test_a_stale_file_that_cannot_be_removed_is_reported(tmp_path, monkeypatch):
+    path = tmp_path / "run.ckpt"
+    stale = tmp_path / f"{_checkpoint._temporary_prefix(str(path))}abc.tmp"
+    stale.write_bytes(b"partial")
+    real_unlink = os.unlink
+
+    def refuse_stale(name):
+        if os.fspath(name) == str(stale):
+            raise PermissionError(errno.EACCES, "Permission denied", name)
+        real_unlink(name)
+
+    monkeypatch.setattr(_checkpoint.os, "unlink", refuse_stale)
+    with pytest.warns(RuntimeWarning, match=f"could not remove {re.escape(repr(str(stale)))}"):
+        _make(eo.Eggroll).save(path)
+    assert path.exists() and stale.exists()
