@@ -34,20 +34,26 @@ NOISE_KINDS: tuple[str, ...] = ("lowrank", "full", "frozen")
 
 @dataclass(frozen=True)
 class LeafSpec:
-    """What the noise of one leaf depends on: its path, noise kind, shape and dtype."""
+    """What the noise of one leaf depends on: its path, noise kind, shape, dtype and rank.
+
+    ``rank`` is the rank of a low-rank leaf's noise (the strategy's ``rank`` capped at
+    ``min(m, n)``); other kinds ignore it.
+    """
 
     path: str
     kind: str
     shape: tuple[int, ...]
     dtype: str
+    rank: int = 1
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
         """(m, n): the leaf viewed as a matrix (first axis by the product of the others)."""
         return self.shape[0], math.prod(self.shape[1:])
 
-    def noise_size(self, rank: int) -> int:
-        """Standard normals one member needs for this leaf."""
+    def noise_size(self, rank: int | None = None) -> int:
+        """Standard normals one member needs for this leaf (``rank`` defaults to the leaf's)."""
+        rank = self.rank if rank is None else rank
         if self.kind == "lowrank":
             rows, columns = self.matrix_shape
             return (rows + columns) * rank
@@ -63,12 +69,14 @@ def leaf_noise(
     epoch: int,
     first: int,
     count: int,
-    rank: int,
+    rank: int | None = None,
 ) -> Any:
     """Noise of members ``first ..`` for one leaf: ``(A, B)`` for low-rank, ``eps`` for full.
 
-    ``A`` has shape (count, m, rank), ``B`` (count, n, rank), ``eps`` (count, *leaf.shape).
+    ``A`` has shape (count, m, r), ``B`` (count, n, r), ``eps`` (count, *leaf.shape), with
+    ``r = rank`` if given, else the leaf's own rank.
     """
+    rank = leaf.rank if rank is None else rank
     key = _noise.leaf_key(seed, leaf.path)
     values = _noise.normals(
         backend, key, epoch, first, count, leaf.noise_size(rank), np.dtype(leaf.dtype)
@@ -104,10 +112,13 @@ def _like(array: Any, values: Any) -> Any:
     return namespace_of(array).asarray(values, dtype=array.dtype)
 
 
-def _perturbed(base: Any, leaf: LeafSpec, noise: Any, sign: float, sigma: float, rank: int) -> Any:
-    """One member's value of one leaf, from its own slice of the noise."""
+def _perturbed(
+    base: Any, leaf: LeafSpec, noise: Any, sign: float, sigma: float, rank: int | None = None
+) -> Any:
+    """One member's value of one leaf, from its own slice of the noise (rank: the noise's)."""
     if leaf.kind == "lowrank":
         left, right = noise
+        rank = left.shape[-1]
         return base + (sign * sigma / math.sqrt(rank)) * (left @ right.T).reshape(leaf.shape)
     if leaf.kind == "full":
         return base + (sign * sigma) * noise
@@ -177,13 +188,11 @@ class MemberSpec:
         for position, leaf in enumerate(self.leaves):
             value = resolved.asarray(flat[leaf.path], dtype=np.dtype(leaf.dtype))
             if leaf.kind != "frozen":
-                noise = leaf_noise(
-                    resolved, self.seed, leaf, self.epoch, self.noise_index, 1, self.rank
-                )
+                noise = leaf_noise(resolved, self.seed, leaf, self.epoch, self.noise_index, 1)
                 noise = scale_noise(leaf, noise, self.leaf_scales(position))
                 noise = tuple(part[0] for part in noise) if leaf.kind == "lowrank" else noise[0]
                 sigma = self.leaf_sigma(position)
-                value = _perturbed(value, leaf, noise, self.sign, sigma, self.rank)
+                value = _perturbed(value, leaf, noise, self.sign, sigma)
             out[leaf.path] = value
         return unflatten(out)
 
@@ -436,7 +445,7 @@ class Population(Sequence[Member]):
             if noise is not None:
                 noise = tuple(part[k] for part in noise) if leaf.kind == "lowrank" else noise[k]
             sigma = self._sigmas[path]
-            out[path] = _perturbed(self._base[path], leaf, noise, sign, sigma, self._rank)
+            out[path] = _perturbed(self._base[path], leaf, noise, sign, sigma)
         return unflatten(out)
 
     def stacked(self, path: str) -> Any:
@@ -456,7 +465,7 @@ class Population(Sequence[Member]):
         if leaf.kind == "full":
             return base + signs * self._noise[path][index]
         left, right = self._noise[path]
-        dense = xp.matmul(left, right.transpose(0, 2, 1)) / math.sqrt(self._rank)
+        dense = xp.matmul(left, right.transpose(0, 2, 1)) / math.sqrt(left.shape[-1])
         return base + signs * dense[index].reshape(self._popsize, *leaf.shape)
 
     # -- batched forward pass ----------------------------------------------------------------

@@ -25,6 +25,7 @@ Conventions, in one place (see also ``docs/conventions.md``):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -87,6 +88,18 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+def _check_rank(rank: Any) -> int | dict[str, int]:
+    """``rank=``: an int >= 1, or a mapping from leaf path to such an int."""
+    if isinstance(rank, Mapping):
+        checked = {}
+        for path, value in rank.items():
+            if not isinstance(path, str):
+                raise TypeError(f"`rank` keys must be leaf paths (str), got {path!r}.")
+            checked[path] = _check_int(f"rank[{path!r}]", value, 1)
+        return checked
+    return _check_int("rank", rank, 1)
+
+
 def _check_float(name: str, value: Any, *, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a real number, got {value!r}.")
@@ -112,7 +125,10 @@ class Eggroll:
             hundreds.
         sigma: starting noise scale σ > 0. None: :func:`default_sigma` (0.1 times the RMS of
             the initial searched parameters, 0.1 if they are all zero).
-        rank: rank r of the low-rank perturbations (1 <= r <= min(m, n) of each such leaf).
+        rank: rank r of the low-rank perturbations: an int for every low-rank leaf, or a
+            mapping ``{"path/to/leaf": r}`` (leaves it does not name get 1). It is a cap: a
+            leaf viewed as an m × n matrix gets ``min(r, m, n)`` (``rank=2`` gives a 1 × 24
+            output layer rank 1); :attr:`ranks` tells what each leaf got.
         learning_rate: step size of the optimizer. None: :func:`default_learning_rate` (σ/2
             for Adam with fixed σ; 3 for the natural-gradient step when low-rank leaves hold
             most of the searched numbers, 1 otherwise).
@@ -163,7 +179,7 @@ class Eggroll:
         popsize: int | None = None,
         sigma: float | None = None,
         learning_rate: float | None = None,
-        rank: int = 1,
+        rank: int | Mapping[str, int] = 1,
         optimizer: str | GradientTransformation | None = None,
         sigma_adaptation: str | SigmaAdaptation | None = None,
         sigma_bounds: tuple[float, float] | None = None,
@@ -183,7 +199,7 @@ class Eggroll:
             raise TypeError(f"`mirrored` must be a bool, got {mirrored!r}.")
         self._mirrored = bool(mirrored)
         flat = flatten(params)
-        self._rank = _check_int("rank", rank, 1)
+        self._rank = _check_rank(rank)
         self._leaves = self._leaf_specs(flat, noise_kinds)
         self._params = {
             path: self._backend.xp.array(self._backend.asarray(value), copy=True)
@@ -272,7 +288,7 @@ class Eggroll:
         if self._adaptation is None:
             return None
         trainable = {p: leaf for p, leaf in self._leaves.items() if leaf.kind != "frozen"}
-        return self._adaptation.init(trainable, self._sigma, self._rank)
+        return self._adaptation.init(trainable, self._sigma, self._nominal_rank)
 
     # -- construction helpers ----------------------------------------------------------------
     def _leaf_specs(
@@ -308,13 +324,19 @@ class Eggroll:
                         f"`noise_kinds`[{path!r}]='lowrank' needs a leaf with >= 2 dimensions, "
                         f"got shape {shape}."
                     )
-                if self._rank > min(leaf.matrix_shape):
-                    raise ValueError(
-                        f"`rank`={self._rank} exceeds min(m, n)={min(leaf.matrix_shape)} of leaf "
-                        f"{path!r} (viewed as {leaf.matrix_shape}); lower the rank or give "
-                        "that leaf noise_kinds 'full'."
-                    )
+                requested = self._rank.get(path, 1) if isinstance(self._rank, dict) else self._rank
+                leaf = dataclasses.replace(leaf, rank=min(requested, *leaf.matrix_shape))
             leaves[path] = leaf
+        if isinstance(self._rank, dict):
+            unknown = sorted(p for p in self._rank if p not in leaves)
+            if unknown:
+                raise ValueError(f"`rank` names leaves that do not exist: {unknown}.")
+            wrong = sorted(p for p in self._rank if leaves[p].kind != "lowrank")
+            if wrong:
+                raise ValueError(
+                    f"`rank` names leaves without low-rank noise: {wrong}; low-rank leaves are "
+                    f"{sorted(p for p, leaf in leaves.items() if leaf.kind == 'lowrank')}."
+                )
         if all(leaf.kind == "frozen" for leaf in leaves.values()):
             raise ValueError("`noise_kinds` freezes every leaf: nothing left to optimize.")
         return leaves
@@ -391,9 +413,21 @@ class Eggroll:
         return self._learning_rate
 
     @property
-    def rank(self) -> int:
-        """Rank of the low-rank perturbations."""
-        return self._rank
+    def rank(self) -> int | dict[str, int]:
+        """The ``rank`` setting as given (an int, or a mapping by leaf); see :attr:`ranks`."""
+        return dict(self._rank) if isinstance(self._rank, dict) else self._rank
+
+    @property
+    def _nominal_rank(self) -> int:
+        """One int for APIs that take one: the setting, or the largest leaf rank."""
+        if isinstance(self._rank, int):
+            return self._rank
+        return max(self.ranks.values(), default=1)
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        """The rank each low-rank leaf's noise has: the setting capped at ``min(m, n)``."""
+        return {path: leaf.rank for path, leaf in self._leaves.items() if leaf.kind == "lowrank"}
 
     @property
     def seed(self) -> int:
@@ -434,7 +468,7 @@ class Eggroll:
             draws = self._popsize // 2 if self._mirrored else self._popsize
             epoch = self._epoch(self._generation)
             noise = {
-                path: leaf_noise(self._backend, self._seed, leaf, epoch, 0, draws, self._rank)
+                path: leaf_noise(self._backend, self._seed, leaf, epoch, 0, draws)
                 for path, leaf in self._leaves.items()
                 if leaf.kind != "frozen"
             }
@@ -451,7 +485,7 @@ class Eggroll:
                 sigma={**dict.fromkeys(self._leaves, self._sigma), **self.sigmas}
                 if adaptive
                 else self._sigma,
-                rank=self._rank,
+                rank=self._nominal_rank,
                 mirrored=self._mirrored,
                 scales=self.noise_scales,
             )
@@ -515,7 +549,7 @@ class Eggroll:
                 direction={path: -grad for path, grad in grads.items()},
                 direction_norm=float(np.sqrt(np.sum(signed**2))),
                 mu_eff=1.0 / squares if squares > 0 else 1.0,
-                rank=self._rank,
+                rank=self._nominal_rank,
             )
             adaptation_state = self._adaptation.update(adaptation_state, observed)
         norms = {path: _safe_step.leaf_norm(xp, g) for path, g in grads.items()}
@@ -847,7 +881,11 @@ class Eggroll:
         """
         data = _checkpoint.load(path, strategy=type(self).__name__)
         mine = list(self._leaves.values())
-        if data.leaves != mine:
+
+        def layout(leaves: list[LeafSpec]) -> list[tuple[str, str, tuple[int, ...], str]]:
+            return [(leaf.path, leaf.kind, leaf.shape, leaf.dtype) for leaf in leaves]
+
+        if layout(data.leaves) != layout(mine):
             raise ValueError(
                 f"checkpoint {os.fspath(path)!r} has other leaves than this strategy: "
                 f"{[(leaf.path, leaf.shape, leaf.dtype, leaf.kind) for leaf in data.leaves]} vs "

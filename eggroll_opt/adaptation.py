@@ -87,7 +87,8 @@ class Observation(NamedTuple):
         direction_norm: ``√(Σ_k w_k²)`` of the per-draw weights of ``direction``, so that
             ``direction / direction_norm`` has ``E‖·‖² = d`` under random selection.
         mu_eff: ``1 / Σ_i u_i²``, the variance-effective number of selected members.
-        rank: the rank of the low-rank noise.
+        rank: the strategy's ``rank`` setting (the largest leaf rank when it is a mapping);
+            each low-rank leaf's own rank is the last axis of its noise factors.
     """
 
     noise: Mapping[str, Any]
@@ -240,10 +241,11 @@ def _make(
 
     def update(state: State, observed: Observation) -> State:
         new: State = {key: dict(value) for key, value in state.items()}
-        rank, weights = observed.rank, observed.selection
+        weights = observed.selection
         for path, noise in observed.noise.items():
             if isinstance(noise, tuple):
                 rows, columns = noise[0].shape[1], noise[1].shape[1]
+                rank = noise[0].shape[2]  # the leaf's own rank (capped at min(m, n))
                 size = rows * columns
                 with_scales = scales and path in state["log_rows"]
                 total, row_stat, column_stat = _lowrank_statistics(noise, weights, with_scales)

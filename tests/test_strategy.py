@@ -275,7 +275,6 @@ PARAMS = {"w": np.zeros((4, 3))}
         (PARAMS, {"learning_rate": 0}, ValueError, "`learning_rate` must be finite and > 0"),
         (PARAMS, {"weight_decay": -0.1}, ValueError, "`weight_decay` must be finite and >= 0"),
         (PARAMS, {"rank": 0}, ValueError, "`rank` must be at least 1, got 0"),
-        (PARAMS, {"rank": 4}, ValueError, r"`rank`=4 exceeds min\(m, n\)=3 of leaf 'w'"),
         (PARAMS, {"seed": -1}, ValueError, "`seed` must be at least 0"),
         (PARAMS, {"seed": 1.5}, TypeError, "`seed` must be an int"),
         (PARAMS, {"noise_reuse": -1}, ValueError, "`noise_reuse` must be at least 0"),
@@ -386,3 +385,60 @@ def test_tell_never_modifies_arrays_the_user_holds():
     np.testing.assert_array_equal(held["w"], np.ones((4, 3)))
     np.testing.assert_array_equal(pop[1].params()["w"], member["w"])  # its base is kept
     assert not np.array_equal(es.params["w"], held["w"])
+
+
+# -- rank: a cap per leaf, or a mapping by leaf ---------------------------------------------
+RANK_PARAMS = {"hidden": {"w": np.zeros((8, 24))}, "out": {"w": np.zeros((1, 24))}, "b": np.zeros(3)}
+
+
+def test_rank_is_a_cap_per_leaf():
+    es = eo.Eggroll(RANK_PARAMS, popsize=8, sigma=0.1, rank=2, seed=0, backend="numpy")
+    assert es.rank == 2
+    assert es.ranks == {"hidden/w": 2, "out/w": 1}
+    pop = es.ask()
+    assert pop.factors("out/w")[0].shape == (4, 1, 1)
+    assert pop.factors("hidden/w")[1].shape == (4, 24, 2)
+    for index in (0, 3, 6):  # every path to a member agrees with the materialised one
+        dense = pop.stacked("out/w")[index]
+        np.testing.assert_allclose(pop[index].params()["out"]["w"], dense)
+        np.testing.assert_allclose(pop[index].spec.params(es.params)["out"]["w"], dense)
+    es.tell(np.arange(8.0))
+    assert np.isfinite(es.params["out"]["w"]).all()
+
+
+def test_rank_by_leaf_with_adaptation_and_checkpoint(tmp_path):
+    es = eo.Eggroll(
+        RANK_PARAMS,
+        popsize=8,
+        rank={"hidden/w": 4},
+        seed=0,
+        sigma_adaptation="auto",
+        backend="numpy",
+    )
+    assert es.ranks == {"hidden/w": 4, "out/w": 1} and es.rank == {"hidden/w": 4}
+    for _ in range(2):
+        es.ask()
+        es.tell(np.arange(8.0))
+    es.save(tmp_path / "ranks.npz")
+    loaded = eo.Eggroll.load(tmp_path / "ranks.npz")
+    assert loaded.ranks == es.ranks
+    for strategy in (es, loaded):
+        strategy.ask()
+        strategy.tell(np.arange(8.0)[::-1])
+    np.testing.assert_array_equal(loaded.params["hidden"]["w"], es.params["hidden"]["w"])
+
+
+@pytest.mark.parametrize(
+    ("rank", "error", "match"),
+    [
+        ({"nope": 2}, ValueError, r"`rank` names leaves that do not exist: \['nope'\]"),
+        ({"b": 2}, ValueError, r"`rank` names leaves without low-rank noise: \['b'\]"),
+        ({"hidden/w": 0}, ValueError, r"`rank\['hidden/w'\]` must be at least 1, got 0"),
+        ({"hidden/w": 1.5}, TypeError, r"`rank\['hidden/w'\]` must be an int, got 1.5"),
+        ({1: 2}, TypeError, r"`rank` keys must be leaf paths \(str\), got 1"),
+        (0, ValueError, r"`rank` must be at least 1, got 0"),
+    ],
+)
+def test_rank_errors_name_the_argument(rank, error, match):
+    with pytest.raises(error, match=match):
+        eo.Eggroll(RANK_PARAMS, rank=rank, backend="numpy")
