@@ -388,7 +388,11 @@ def test_tell_never_modifies_arrays_the_user_holds():
 
 
 # -- rank: a cap per leaf, or a mapping by leaf ---------------------------------------------
-RANK_PARAMS = {"hidden": {"w": np.zeros((8, 24))}, "out": {"w": np.zeros((1, 24))}, "b": np.zeros(3)}
+RANK_PARAMS = {
+    "hidden": {"w": np.zeros((8, 24))},
+    "out": {"w": np.zeros((1, 24))},
+    "b": np.zeros(3),
+}
 
 
 def test_rank_is_a_cap_per_leaf():
