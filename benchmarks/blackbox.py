@@ -392,7 +392,7 @@ class _EsRunner:
             "sigma_adaptation": self.adaptation,
             "sigma0": sigma,
             "learning_rate": float(self.es.learning_rate),
-            "rank": int(self.es.rank),
+            "rank": self.es.rank,
         }
 
     def ask(self) -> Array:
