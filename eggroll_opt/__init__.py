@@ -27,6 +27,7 @@ from ._evaluate import (
 )
 from ._optimize import GenerationReport, OptimizeResult, optimize
 from ._population import LeafSpec, Member, MemberSpec, Population
+from ._safe_step import NonFiniteStepError
 from ._strategy import AskTellError, Eggroll, GenerationStats, OpenES
 from ._tree import tree_map
 
@@ -44,6 +45,7 @@ __all__ = [
     "Member",
     "MemberFailure",
     "MemberSpec",
+    "NonFiniteStepError",
     "OpenES",
     "OptimizeResult",
     "Population",
