@@ -61,6 +61,19 @@ def to_numpy(value: Any) -> Any:
     return value
 
 
+def host_values(values: Any) -> Any:
+    """``values`` (an array, or a list/tuple of numbers or 0-d arrays) as a host NumPy array.
+
+    A list of 0-d CuPy arrays (what ``xp.sum`` returns per member) is stacked on the device and
+    copied to the host once, instead of failing (CuPy refuses implicit conversion) or syncing
+    once per element.
+    """
+    if isinstance(values, list | tuple) and any(is_cupy_array(v) for v in values):
+        cupy = importlib.import_module("cupy")
+        return cupy.stack([cupy.asarray(v).reshape(()) for v in values]).get()
+    return np.asarray(to_numpy(values))
+
+
 def namespace_of(array: Any) -> ModuleType:
     """The array module (``numpy`` or ``cupy``) that ``array`` belongs to."""
     if is_cupy_array(array):

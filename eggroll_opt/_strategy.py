@@ -36,7 +36,7 @@ from typing import Any, Self
 import numpy as np
 
 from . import _checkpoint, _safe_step, adaptation
-from ._backend import Backend, get_backend, read_only, to_numpy
+from ._backend import Backend, get_backend, host_values, read_only, to_numpy
 from ._defaults import default_learning_rate, default_popsize, default_sigma
 from ._optimize import OptimizeResult, optimize
 from ._population import NOISE_KINDS, LeafSpec, Population, leaf_noise
@@ -684,7 +684,7 @@ class Eggroll:
                 f"{type(fitness).__name__}."
             )
         try:
-            array = np.asarray(to_numpy(fitness))
+            array = host_values(fitness)
         except (TypeError, ValueError) as error:
             raise TypeError(f"`fitness` could not be read as an array: {error}") from None
         if array.dtype.kind == "c":
