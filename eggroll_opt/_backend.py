@@ -27,7 +27,9 @@ class Backend:
         name: ``"numpy"`` or ``"cupy"``.
         xp: the array module.
         generator: how Philox bits are made: ``"numpy"`` (``numpy.random.Philox``, C speed on
-            the CPU) or ``"arrays"`` (the same rounds as array operations, for any backend).
+            the CPU), ``"kernel"`` (one fused CuPy kernel per leaf, see
+            :mod:`eggroll_opt._philox_kernel`) or ``"arrays"`` (the same rounds as array
+            operations, for any backend).
     """
 
     name: str
@@ -111,7 +113,11 @@ def get_backend(name: str | Backend = "auto") -> Backend:
             "`backend`='cupy' needs CuPy and an NVIDIA GPU, and none was found "
             "(pip install 'eggroll_opt[cuda]' on a machine with a GPU, or use backend='numpy')."
         )
-    return Backend("cupy", importlib.import_module("cupy"), generator="arrays")
+    cupy = importlib.import_module("cupy")
+    # The fused generator kernel needs NVRTC (cupy.RawKernel); a CuPy-like module without it,
+    # such as a CPU stand-in, runs the same Philox rounds as array operations.
+    generator = "kernel" if hasattr(cupy, "RawKernel") else "arrays"
+    return Backend("cupy", cupy, generator=generator)
 
 
 def read_only(array: Any) -> Any:

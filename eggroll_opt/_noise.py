@@ -7,8 +7,11 @@ Definition (the contract every backend implements):
 * Block ``b`` of the leaf's stream at noise epoch ``e`` is Philox4x64-10 applied to the
   256-bit counter ``(b + 1, 0, e, 0)`` (64-bit words, least significant first): four 64-bit
   words. This is exactly the stream of ``numpy.random.Philox(key=key, counter=(e << 128) + b0)``
-  starting at block ``b0``, which the NumPy backend uses at C speed; other backends run the same
-  rounds with array operations (:func:`philox_words`), checked bit-exact against NumPy.
+  starting at block ``b0``, which the NumPy backend uses at C speed. On CuPy, one fused kernel
+  (:mod:`eggroll_opt._philox_kernel`) runs the rounds and the transform below and writes a
+  leaf's whole population in one launch; the same rounds as array operations
+  (:func:`philox_words`) run on any backend, as reference and fallback. All are checked
+  bit-exact against NumPy (the kernel on the CPU, through a host build of its C source).
 * A member ``k`` that needs ``size`` normals owns ``ceil(size / 8)`` consecutive blocks, starting
   at block ``k * ceil(size / 8)``: ``W = 4 * ceil(size / 8)`` words.
 * Each word gives one Box–Muller pair from two 24-bit uniforms ``u1 = (w >> 40 + 1/2) / 2**24``
@@ -21,6 +24,11 @@ Definition (the contract every backend implements):
 
 Only the members a caller asks for are generated, so a remote worker rebuilds member ``k``
 without generating the others, and ``tell`` regenerates exactly what ``ask`` handed out.
+
+``backend.generator`` says which implementation runs: ``"numpy"`` (``numpy.random.Philox`` and
+the array transform), ``"kernel"`` (the fused CuPy kernel: one launch per leaf, plus a cast for
+float16 leaves) or ``"arrays"`` (array operations on ``backend.xp``, about 360 launches per leaf
+on CuPy).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _philox_kernel
+
 if TYPE_CHECKING:
     from ._backend import Backend
 
@@ -40,7 +50,8 @@ _ROUNDS = 10
 _M0, _M1 = 0xD2E7470EE14C6C93, 0xCA5A826395121157  # Philox4x64 multipliers
 _W0, _W1 = 0x9E3779B97F4A7C15, 0xBB67AE8584CAA73B  # Weyl key increments
 _MASK64 = (1 << 64) - 1
-# Members are generated in chunks of about this many normals to bound temporary memory.
+GENERATORS = ("numpy", "kernel", "arrays")
+# The array generators run in chunks of about this many normals to bound temporary memory.
 _CHUNK_NORMALS = 1 << 20
 
 
@@ -114,11 +125,23 @@ def raw_words(
     backend: Backend, key: np.ndarray, epoch: int, first_block: int, num_blocks: int
 ) -> Any:
     """The words of blocks ``first_block ..`` on ``backend`` (see the module docstring)."""
-    if backend.generator == "numpy":
+    generator = _generator(backend)
+    if generator == "numpy":
         _check_counter(epoch, first_block, num_blocks)
         bit_generator = np.random.Philox(key=key, counter=(epoch << 128) + first_block)
         return bit_generator.random_raw(num_blocks * WORDS_PER_BLOCK)
+    if generator == "kernel":
+        _check_counter(epoch, first_block, num_blocks)
+        return _philox_kernel.philox_words(backend.xp, key, epoch, first_block, num_blocks)
     return philox_words(backend.xp, key, epoch, first_block, num_blocks)
+
+
+def _generator(backend: Backend) -> str:
+    if backend.generator not in GENERATORS:
+        raise ValueError(
+            f"`generator` of the backend must be one of {GENERATORS}, got {backend.generator!r}."
+        )
+    return backend.generator
 
 
 def compute_dtype(dtype: Any) -> type:
@@ -158,13 +181,17 @@ def normals(
 ) -> Any:
     """Normals of members ``first .. first + count - 1``: an array (count, size) of ``dtype``.
 
-    One call covers the whole population; members are processed in chunks only to bound the
-    temporaries of the transform.
+    One call covers the whole population. The ``"kernel"`` generator writes it in one launch;
+    the others process members in chunks to bound the temporaries of the transform.
     """
     xp = backend.xp
     blocks = blocks_per_member(size)
-    width = blocks * WORDS_PER_BLOCK
     ftype = compute_dtype(dtype)
+    if _generator(backend) == "kernel":
+        _check_counter(epoch, first * blocks, count * blocks)
+        values = _philox_kernel.normals(xp, key, epoch, first, count, size, blocks, np.dtype(ftype))
+        return values if values.dtype == np.dtype(dtype) else values.astype(dtype)
+    width = blocks * WORDS_PER_BLOCK
     padded = xp.empty((count, 2 * width), dtype=ftype)
     chunk = max(1, _CHUNK_NORMALS // (2 * width))
     for start in range(0, count, chunk):
