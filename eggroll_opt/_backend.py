@@ -26,15 +26,19 @@ class Backend:
     Attributes:
         name: ``"numpy"`` or ``"cupy"``.
         xp: the array module.
-        generator: how Philox bits are made: ``"numpy"`` (``numpy.random.Philox``, C speed on
-            the CPU), ``"kernel"`` (one fused CuPy kernel per leaf, see
+        generator: how Philox bits are made (by default the best one for ``xp``): ``"numpy"``
+            (``numpy.random.Philox``, C speed on the CPU), ``"kernel"`` (one fused CuPy kernel per leaf, see
             :mod:`eggroll_opt._philox_kernel`) or ``"arrays"`` (the same rounds as array
             operations, for any backend).
     """
 
     name: str
     xp: ModuleType
-    generator: str = "numpy"
+    generator: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.generator:  # the default follows the array library
+            object.__setattr__(self, "generator", _default_generator(self.name, self.xp))
 
     def asarray(self, value: Any, dtype: Any = None) -> Any:
         """Return ``value`` as an array of this backend, converting from the other once."""
@@ -113,11 +117,18 @@ def get_backend(name: str | Backend = "auto") -> Backend:
             "`backend`='cupy' needs CuPy and an NVIDIA GPU, and none was found "
             "(pip install 'eggroll_opt[cuda]' on a machine with a GPU, or use backend='numpy')."
         )
-    cupy = importlib.import_module("cupy")
-    # The fused generator kernel needs NVRTC (cupy.RawKernel); a CuPy-like module without it,
-    # such as a CPU stand-in, runs the same Philox rounds as array operations.
-    generator = "kernel" if hasattr(cupy, "RawKernel") else "arrays"
-    return Backend("cupy", cupy, generator=generator)
+    return Backend("cupy", importlib.import_module("cupy"))
+
+
+def _default_generator(name: str, xp: ModuleType) -> str:
+    """``"numpy"`` for NumPy; for CuPy the fused kernel, which needs NVRTC (``RawKernel``).
+
+    A CuPy-like module without it, such as a CPU stand-in, runs the same Philox rounds as array
+    operations.
+    """
+    if name == "numpy":
+        return "numpy"
+    return "kernel" if hasattr(xp, "RawKernel") else "arrays"
 
 
 def read_only(array: Any) -> Any:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import eggroll_opt as eo
-from eggroll_opt._backend import cupy_available, get_backend, is_cupy_array
+from eggroll_opt._backend import Backend, cupy_available, get_backend, is_cupy_array
 from tests.conftest import host
 
 
@@ -67,3 +67,14 @@ def test_numpy_and_cupy_runs_agree():
             es.tell(host(((pop.stacked("w") - 1) ** 2).sum(axis=(1, 2))))
         runs[name] = host(es.params)
     np.testing.assert_allclose(runs["cupy"]["w"], runs["numpy"]["w"], rtol=0, atol=1e-4)
+
+
+def test_a_backend_built_directly_picks_the_generator_of_its_array_library():
+    import types
+
+    assert Backend("numpy", np).generator == "numpy"
+    fake_cupy = types.ModuleType("cupy")
+    assert Backend("cupy", fake_cupy).generator == "arrays"  # no RawKernel: array operations
+    fake_cupy.RawKernel = object  # type: ignore[attr-defined]
+    assert Backend("cupy", fake_cupy).generator == "kernel"
+    assert Backend("cupy", fake_cupy, generator="arrays").generator == "arrays"
