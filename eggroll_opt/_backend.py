@@ -27,9 +27,9 @@ class Backend:
         name: ``"numpy"`` or ``"cupy"``.
         xp: the array module.
         generator: how Philox bits are made (by default the best one for ``xp``): ``"numpy"``
-            (``numpy.random.Philox``, C speed on the CPU), ``"kernel"`` (one fused CuPy kernel per leaf, see
-            :mod:`eggroll_opt._philox_kernel`) or ``"arrays"`` (the same rounds as array
-            operations, for any backend).
+            (``numpy.random.Philox``, C speed on the CPU), ``"kernel"`` (one fused CuPy kernel
+            per leaf, see :mod:`eggroll_opt._philox_kernel`) or ``"arrays"`` (the same rounds as
+            array operations, for any backend).
     """
 
     name: str
