@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._backend import namespace_of
+from ._backend import is_cupy_array, namespace_of, to_numpy
 from ._population import Population
 from ._tree import flatten
 
@@ -245,6 +245,13 @@ class PopulationLayers:
         return x.reshape(x.shape[0], x.shape[1], -1)
 
 
+def _on_device_of(weight: Any, x: Any) -> Any:
+    """``x`` on the array library of ``weight`` (one explicit copy if they differ)."""
+    if is_cupy_array(weight) == is_cupy_array(x):
+        return x
+    return namespace_of(weight).asarray(to_numpy(x))
+
+
 class ParamsLayers:
     """The same layers for a single parameter tree (the mean, or one member's params)."""
 
@@ -257,15 +264,18 @@ class ParamsLayers:
         return self._params[path]
 
     def dense(self, prefix: str, x: Any) -> Any:
-        """``x @ w.T + b``: (batch, n) -> (batch, m)."""
-        out = x @ self._get(f"{prefix}/w").T
+        """``x @ w.T + b``: (batch, n) -> (batch, m); ``x`` is moved to the weights' device."""
+        weight = self._get(f"{prefix}/w")
+        out = _on_device_of(weight, x) @ weight.T
         if f"{prefix}/b" in self._params:
             out = out + self._params[f"{prefix}/b"]
         return out
 
     def conv2d(self, prefix: str, x: Any, *, stride: int = 1, padding: int = 0) -> Any:
-        """2-D convolution: (batch, C, H, W) -> (batch, out, H_out, W_out)."""
+        """2-D convolution: (batch, C, H, W) -> (batch, out, H_out, W_out), on the kernel's
+        device."""
         kernel = self._get(f"{prefix}/w")
+        x = _on_device_of(kernel, x)
         _check_conv_input(x, tuple(kernel.shape), prefix)
         columns, (out_h, out_w) = patches(x, tuple(kernel.shape[2:]), stride, padding)
         out = _images_first(kernel.reshape(kernel.shape[0], -1) @ columns, x.shape[0], out_h, out_w)
