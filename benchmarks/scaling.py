@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 
 import eggroll_opt as eo
-from eggroll_opt._evaluate import Evaluation, ProcessPool, evaluate
+from eggroll_opt._evaluate import Evaluation, evaluate
+from eggroll_opt._executors import ProcessPool
 
 from ._measure import machine
 

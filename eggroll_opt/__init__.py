@@ -16,15 +16,8 @@ from . import adaptation, nn, optim, shaping
 from ._backend import cupy_available
 from ._backend import to_numpy as _to_numpy
 from ._defaults import default_learning_rate, default_popsize, default_sigma
-from ._evaluate import (
-    Broadcast,
-    Evaluation,
-    EvaluationError,
-    MemberFailure,
-    ProcessPool,
-    RemoteExecutor,
-    evaluate,
-)
+from ._evaluate import Evaluation, EvaluationError, MemberFailure, evaluate
+from ._executors import Broadcast, ProcessPool, RemoteExecutor
 from ._optimize import GenerationReport, OptimizeResult, optimize
 from ._population import LeafSpec, Member, MemberSpec, Population
 from ._safe_step import NonFiniteStepError

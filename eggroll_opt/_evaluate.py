@@ -1,18 +1,18 @@
-"""Evaluate a population anywhere: executors, what travels to workers, and the accounting.
+"""Evaluate a population anywhere: the evaluation loop, its accounting and its results.
 
 :func:`evaluate` gives every member of a population exactly one fitness value or one recorded
 failure, in process (optionally with a vectorised fitness that takes the whole
 :class:`~eggroll_opt.Population`), on any :class:`concurrent.futures.Executor` (threads, a process
-pool), or on a :class:`RemoteExecutor` such as :class:`ProcessPool` or the Dask adapter
-``eggroll_opt.integrations.dask.DaskExecutor``. The ask/evaluate/tell loop built on it,
-:func:`~eggroll_opt.optimize`, is in ``_optimize.py``; this module knows nothing of strategies.
+pool), or on a :class:`~eggroll_opt.RemoteExecutor` such as :class:`~eggroll_opt.ProcessPool` or
+the Dask adapter ``eggroll_opt.integrations.dask.DaskExecutor``. The executors are in
+``_executors.py``, what a worker runs in ``_worker.py``, and the ask/evaluate/tell loop built on
+this, :func:`~eggroll_opt.optimize`, in ``_optimize.py``; this module knows nothing of strategies.
 
 What travels (an executor other than in-process):
 
 * once per generation, a *broadcast*: the base parameters as host (NumPy) arrays, the fitness
-  function and one template :class:`~eggroll_opt.MemberSpec`; a process pool receives it once per
-  task, and there is one task per worker (``chunks_per_worker=1``); Dask fetches it once per
-  worker; threads share it;
+  function and one template :class:`~eggroll_opt.MemberSpec`; a process pool or Dask delivers it
+  once per worker; threads share it;
 * per task, a chunk of member indices (a ``range`` for the contiguous chunks of a generation);
 * back, one float per member plus a short record per failed member.
 
@@ -32,7 +32,8 @@ and the others complete:
 
 Steps 1 and 2 happen at most once per member; an engine that retries lost tasks itself (Dask's
 ``allowed-failures``) reports how many attempts one loss stands for, and they count against the
-same budget, so retries are never multiplied.
+same budget, so retries are never multiplied. Only the lost task's members run again: a
+:class:`~eggroll_opt.ProcessPool` or a Dask cluster loses just the task of the worker that died.
 """
 
 from __future__ import annotations
@@ -42,30 +43,24 @@ import concurrent.futures
 import itertools
 import math
 import numbers
-import os
 import pickle
-import socket
-import threading
 import time
-import traceback
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from ._backend import Backend, to_numpy
-from ._population import MemberSpec, Population, _perturbed, leaf_noise, scale_noise
+from ._backend import to_numpy
+from ._executors import Broadcast, FailureKind, RemoteExecutor, _resolve_executor
+from ._population import Population
 from ._tree import flatten, unflatten
+from ._worker import _as_fitness, _ChunkResult, _describe, _Payload, _run_chunk
 
 FailureReason = Literal["raised", "invalid", "worker_lost", "data_lost", "timeout"]
-FailureKind = Literal["worker_lost", "data_lost", "error"]
 FAILURE_POLICIES = ("worst", "raise")
-_NAMED_EXECUTORS = ("threads", "processes")
-# Normals generated at once per block of members on a worker (bounds temporary memory).
-_BLOCK_NORMALS = 1 << 22
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -155,440 +150,6 @@ class EvaluationError(RuntimeError):
         self.evaluation = evaluation
 
 
-# -- executors ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Broadcast:
-    """What :meth:`RemoteExecutor.broadcast` hands back.
-
-    Attributes:
-        handle: passed to every task of the generation in place of the payload.
-        nbytes: serialised size of the payload.
-        per_task: True if every task carries the payload again (process pools), False if a
-            worker receives it once (Dask) or shares it (threads, then ``nbytes`` is 0).
-    """
-
-    handle: Any
-    nbytes: int
-    per_task: bool
-
-
-class RemoteExecutor(concurrent.futures.Executor):
-    """A :class:`concurrent.futures.Executor` with the hooks :func:`evaluate` uses.
-
-    Subclasses implement :meth:`submit` (and :meth:`shutdown`), and may override the hooks:
-    :attr:`workers` (how many tasks run at once), :meth:`broadcast` / :meth:`release` (ship the
-    generation's payload once), :meth:`spread` (place a generation's chunks one per worker),
-    :meth:`classify_failure` and :meth:`lost_attempts` (tell a lost worker from an error) and
-    :meth:`abandon` (stop tasks past the deadline). A plain executor
-    given to :func:`evaluate` is wrapped with the defaults below.
-
-    Example:
-        >>> from concurrent.futures import BrokenExecutor
-        >>> import eggroll_opt as eo
-        >>> pool = eo.ProcessPool(2)
-        >>> pool.workers, pool.classify_failure(BrokenExecutor("gone"))
-        (2, 'worker_lost')
-        >>> pool.shutdown()
-    """
-
-    @property
-    def workers(self) -> int:
-        """How many tasks the executor runs at the same time (default: the CPU count)."""
-        return os.cpu_count() or 1
-
-    def broadcast(self, payload: Any) -> Broadcast:
-        """Make ``payload`` reachable by this generation's tasks (default: pickle it once)."""
-        data = _dumps(payload.fitness_fn, payload)
-        return Broadcast(_Packed(payload.token, data), len(data), per_task=True)
-
-    def release(self, broadcast: Broadcast) -> None:
-        """Forget a broadcast once its generation is over (default: nothing to do)."""
-
-    def spread(self, count: int) -> None:
-        """The next ``count`` submissions are a generation's chunks: place them on distinct
-        workers where the executor chooses placement (default: the executor's own order)."""
-
-    def classify_failure(self, error: BaseException) -> FailureKind:
-        """What a task's exception means: ``"worker_lost"``, ``"data_lost"`` or ``"error"``.
-
-        Fitness errors never reach here (they are caught per member on the worker); this sees
-        what went wrong around the task. Default: a broken executor is a lost worker.
-        """
-        if isinstance(error, concurrent.futures.BrokenExecutor | concurrent.futures.CancelledError):
-            return "worker_lost"
-        return "error"
-
-    def lost_attempts(self, error: BaseException) -> int:
-        """How many runs of the task one ``"worker_lost"`` error stands for (default 1)."""
-        return 1
-
-    def abandon(self, futures: Iterable[Future[Any]]) -> None:
-        """Give up on ``futures`` (the deadline passed): cancel what can be cancelled."""
-        for future in futures:
-            future.cancel()
-
-
-class _WrappedExecutor(RemoteExecutor):
-    """A plain executor with the default hooks (threads share the payload)."""
-
-    def __init__(self, executor: concurrent.futures.Executor) -> None:
-        self._executor = executor
-        self._threads = isinstance(executor, concurrent.futures.ThreadPoolExecutor)
-
-    @property
-    def workers(self) -> int:
-        count = getattr(self._executor, "_max_workers", None)  # both stdlib pools keep it here
-        return int(count) if isinstance(count, int) and count > 0 else super().workers
-
-    def broadcast(self, payload: Any) -> Broadcast:
-        if self._threads:  # same process: share the prepared arrays, nothing is copied
-            return Broadcast(_Job.prepare(payload, copy=False), 0, per_task=False)
-        return super().broadcast(payload)
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return self._executor.submit(fn, *args, **kwargs)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._executor.shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
-class ProcessPool(RemoteExecutor):
-    """A process pool that survives its workers: the local default for :func:`optimize`.
-
-    A :class:`concurrent.futures.ProcessPoolExecutor` breaks for good when one of its processes
-    dies; this one starts a fresh pool at the next submission, and :meth:`abandon` stops tasks
-    that overran a deadline by ending the pool's processes. The generation's payload is pickled
-    once and sent with each task; :func:`evaluate` sends one task per worker.
-
-    Args:
-        max_workers: number of processes (default: the CPU count).
-        mp_context: a :mod:`multiprocessing` context (default: Python's default start method;
-            ``fork`` starts in milliseconds, ``forkserver``/``spawn`` import the fitness
-            function's module in each new process, which takes seconds with SciPy).
-
-    Example:
-        >>> import eggroll_opt as eo
-        >>> with eo.ProcessPool(2) as pool:
-        ...     pool.workers
-        2
-    """
-
-    _max_workers: int
-    _context: Any
-    _pool: concurrent.futures.ProcessPoolExecutor | None
-    _lock: threading.Lock
-    _closed: bool
-    restarts: int
-
-    def __init__(self, max_workers: int | None = None, *, mp_context: Any = None) -> None:
-        if max_workers is None:
-            max_workers = os.cpu_count() or 1
-        if isinstance(max_workers, bool) or not isinstance(max_workers, numbers.Integral):
-            raise TypeError(f"`max_workers` must be an int, got {max_workers!r}.")
-        if max_workers < 1:
-            raise ValueError(f"`max_workers` must be at least 1, got {max_workers}.")
-        self._max_workers = int(max_workers)
-        self._context = mp_context
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self.restarts = 0  # pools started after the first (after a break or an abandon)
-
-    @property
-    def workers(self) -> int:
-        return self._max_workers
-
-    def _live_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._closed:
-            raise RuntimeError("cannot submit to a ProcessPool after shutdown().")
-        if self._pool is None:
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                self._max_workers, mp_context=self._context
-            )
-        return self._pool
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        """Run ``fn(*args, **kwargs)`` in a worker, starting a fresh pool if this one broke."""
-        with self._lock:
-            try:
-                return self._live_pool().submit(fn, *args, **kwargs)
-            except concurrent.futures.BrokenExecutor:
-                self._discard_pool(terminate=False)
-                self.restarts += 1
-                return self._live_pool().submit(fn, *args, **kwargs)
-
-    def abandon(self, futures: Iterable[Future[Any]]) -> None:
-        running = [future for future in futures if not future.cancel() and not future.done()]
-        if running:
-            with self._lock:
-                if self._pool is not None:
-                    self._discard_pool(terminate=True)
-                    self.restarts += 1
-
-    def _discard_pool(self, *, terminate: bool) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        if terminate:
-            if hasattr(pool, "terminate_workers"):  # Python >= 3.14
-                pool.terminate_workers()
-            else:  # the stdlib pool keeps its processes in this attribute
-                for process in list(getattr(pool, "_processes", {}).values()):
-                    process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._lock:
-            self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
-def _named_executor(name: str) -> RemoteExecutor:
-    if name == "threads":
-        return _WrappedExecutor(concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1))
-    return ProcessPool()
-
-
-def _resolve_executor(executor: Any) -> tuple[RemoteExecutor | None, bool]:
-    """(executor to use, whether this call owns it and must shut it down)."""
-    if executor is None:
-        return None, False
-    if isinstance(executor, str):
-        if executor not in _NAMED_EXECUTORS:
-            raise ValueError(
-                f"`executor` must be None, {_NAMED_EXECUTORS[0]!r}, {_NAMED_EXECUTORS[1]!r} or an "
-                f"Executor, got {executor!r}."
-            )
-        return _named_executor(executor), True
-    if isinstance(executor, RemoteExecutor):
-        return executor, False
-    if isinstance(executor, concurrent.futures.Executor):
-        return _WrappedExecutor(executor), False
-    if type(executor).__name__ == "Client" and hasattr(executor, "scheduler_info"):
-        raise TypeError(
-            "`executor` is a Dask Client; wrap it: "
-            "eggroll_opt.integrations.dask.DaskExecutor(client)."
-        )
-    raise TypeError(
-        f"`executor` must be None, 'threads', 'processes' or a concurrent.futures.Executor, got "
-        f"{type(executor).__name__}."
-    )
-
-
-# -- what travels, and the worker side ----------------------------------------------------------
-@dataclass(frozen=True)
-class _Payload:
-    """The generation's broadcast: base parameters (host arrays), fitness function, template."""
-
-    token: str
-    template: MemberSpec
-    fitness_fn: Callable[[Any], Any]
-    base: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class _Packed:
-    """A pickled payload, with its token readable without unpickling it."""
-
-    token: str
-    data: bytes
-
-
-def _dumps(fitness_fn: Any, value: Any) -> bytes:
-    dumps: Callable[..., bytes] = pickle.dumps
-    try:
-        import cloudpickle  # handles lambdas, closures and functions of __main__
-
-        dumps = cloudpickle.dumps
-    except ImportError:
-        pass
-    try:
-        return bytes(dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-    except (pickle.PicklingError, AttributeError, TypeError) as error:
-        raise TypeError(
-            f"`fitness_fn` {fitness_fn!r} cannot be pickled for worker processes ({error}); "
-            "define it at module level, or install cloudpickle."
-        ) from None
-
-
-class _Job:
-    """A payload opened on a worker: aligned base arrays and the member rebuilder."""
-
-    def __init__(self, payload: _Payload, base: dict[str, Any]) -> None:
-        self.token = payload.token
-        self.template = payload.template
-        self.fitness_fn = payload.fitness_fn
-        self.base = base
-        self.local = False  # results stay in this process (threads): keep exception objects
-        template = payload.template
-        self._numbers_per_draw = max(
-            1, sum(leaf.noise_size(template.rank) for leaf in template.leaves)
-        )
-        self._backend = Backend("numpy", np)
-
-    @classmethod
-    def prepare(cls, payload: _Payload, *, copy: bool = True) -> _Job:
-        """Open ``payload``; ``copy`` makes one aligned, writable copy of every base array."""
-        flat = flatten(payload.base, "base")
-        if copy:
-            flat = {path: np.array(value, order="C", copy=True) for path, value in flat.items()}
-        job = cls(payload, flat)
-        job.local = not copy
-        return job
-
-    def draw(self, index: int) -> int:
-        return index // 2 if self.template.mirrored else index
-
-    def members(self, indices: Sequence[int]) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(index, parameter tree) of each member, noise generated once per block of draws."""
-        template = self.template
-        block = max(1, _BLOCK_NORMALS // self._numbers_per_draw)
-        position = 0
-        while position < len(indices):
-            first_draw = self.draw(indices[position])
-            stop = position
-            while (
-                stop < len(indices)
-                and 0 <= self.draw(indices[stop]) - first_draw < block
-                and (stop == position or indices[stop] > indices[stop - 1])
-            ):
-                stop += 1
-            run = indices[position:stop]
-            count = max(self.draw(i) for i in run) - first_draw + 1
-            noise = {
-                leaf.path: scale_noise(
-                    leaf,
-                    leaf_noise(
-                        self._backend,
-                        template.seed,
-                        leaf,
-                        template.epoch,
-                        first_draw,
-                        count,
-                        template.rank,
-                    ),
-                    template.leaf_scales(slot),
-                )
-                for slot, leaf in enumerate(template.leaves)
-                if leaf.kind != "frozen"
-            }
-            for index in run:
-                k = self.draw(index) - first_draw
-                sign = -1.0 if template.mirrored and index % 2 else 1.0
-                values = {}
-                for slot, leaf in enumerate(template.leaves):
-                    leaf_noise_k = noise.get(leaf.path)
-                    if leaf_noise_k is not None:
-                        leaf_noise_k = (
-                            tuple(part[k] for part in leaf_noise_k)
-                            if leaf.kind == "lowrank"
-                            else leaf_noise_k[k]
-                        )
-                    values[leaf.path] = _perturbed(
-                        self.base[leaf.path],
-                        leaf,
-                        leaf_noise_k,
-                        sign,
-                        template.leaf_sigma(slot),
-                        template.rank,
-                    )
-                yield index, unflatten(values)
-            position = stop
-
-
-_JOBS: collections.OrderedDict[str, _Job] = collections.OrderedDict()
-_JOBS_LOCK = threading.Lock()
-_JOBS_KEPT = 2  # this generation's and the previous one's (late tasks)
-
-
-def _open(handle: Any) -> _Job:
-    """The job of a broadcast handle, opened once per process and generation."""
-    if isinstance(handle, _Job):
-        return handle
-    with _JOBS_LOCK:
-        job = _JOBS.get(handle.token)
-        if job is None:
-            payload = pickle.loads(handle.data) if isinstance(handle, _Packed) else handle
-            job = _Job.prepare(payload, copy=True)
-            _JOBS[handle.token] = job
-            while len(_JOBS) > _JOBS_KEPT:
-                _JOBS.popitem(last=False)
-        else:
-            _JOBS.move_to_end(handle.token)
-    return job
-
-
-@dataclass(frozen=True)
-class _ChunkResult:
-    token: str
-    indices: tuple[int, ...]
-    values: np.ndarray
-    failures: dict[int, tuple[str, str, str, BaseException | None]]
-    worker: str
-    busy_seconds: float
-
-
-def _as_fitness(value: Any) -> tuple[float, str | None]:
-    """(value as a float, None) or (nan, why it is not one real number)."""
-    if isinstance(value, bool | numbers.Real):
-        return float(value), None
-    try:
-        array = np.asarray(to_numpy(value))
-    except Exception as error:  # arbitrary objects: anything may go wrong converting them
-        return math.nan, f"fitness_fn returned {type(value).__name__}: {error}"
-    if array.size != 1 or array.dtype.kind not in "biuf":
-        return math.nan, (
-            f"fitness_fn must return one real number, got {type(value).__name__} "
-            f"of shape {array.shape} and dtype {array.dtype}"
-        )
-    return float(array.reshape(())), None
-
-
-def _describe(error: BaseException, keep: bool) -> tuple[str, str, str, BaseException | None]:
-    message = f"{type(error).__name__}: {error}"
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    if not keep:
-        try:
-            pickle.dumps(error)
-        except Exception:  # an exception that cannot travel: keep its text only
-            return "raised", message, text, None
-        error = error.with_traceback(None)
-    return "raised", message, text, error
-
-
-def _run_chunk(handle: Any, indices: Sequence[int]) -> _ChunkResult:
-    """The task a worker runs: rebuild each member of the chunk and call the fitness function.
-
-    A fitness function that raises (``Exception`` or ``SystemExit``) or returns something that
-    is not one real number fails its own member only.
-    """
-    job = _open(handle)
-    indices = tuple(indices)
-    values = np.full(len(indices), math.nan)
-    failures: dict[int, tuple[str, str, str, BaseException | None]] = {}
-    start = time.perf_counter()
-    for position, (index, params) in enumerate(job.members(indices)):
-        try:
-            value = job.fitness_fn(params)
-        except (Exception, SystemExit) as error:
-            failures[index] = _describe(error, job.local)
-            continue
-        fitness, problem = _as_fitness(value)
-        if problem is None:
-            values[position] = fitness
-        else:
-            failures[index] = ("invalid", problem, "", None)
-    worker = _worker_id(threading.current_thread().name if job.local else None)
-    return _ChunkResult(job.token, indices, values, failures, worker, time.perf_counter() - start)
-
-
-def _worker_id(thread: str | None = None) -> str:
-    name = f"{socket.gethostname()}:{os.getpid()}"
-    return name if thread is None else f"{name}:{thread}"
-
-
 # -- the evaluation -----------------------------------------------------------------------------
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -632,7 +193,23 @@ def evaluate(
             (:class:`ProcessPool`, ``eggroll_opt.integrations.dask.DaskExecutor``). Executors
             get host (NumPy) arrays.
         vectorized: ``fitness_fn`` takes the population (in process only).
-        timeout: seconds; members without a result by then fail with reason ``"timeout"``.
+        timeout: seconds; the call returns by then (plus the time to collect what finished),
+            and members without a result fail with reason ``"timeout"``. What happens to a
+            fitness call still running then depends on where it runs (a running Python call
+            cannot be interrupted from outside):
+
+            * ``executor=None``: the deadline is checked between members, so the call returns
+              only when the member running at the deadline returns; later members are not
+              started.
+            * ``"threads"``: its daemon threads are left running the call in the background;
+              its result is dropped, the chunk stops before its next member, and neither the
+              evaluation nor the interpreter's exit waits for it. A
+              :class:`~concurrent.futures.ThreadPoolExecutor` of your own works the same way
+              but keeps that thread busy until the call returns, and Python waits for its
+              threads at exit.
+            * ``"processes"`` / :class:`ProcessPool`: the processes running late tasks are
+              ended and replaced; other executors cancel what they can (Dask lets a running
+              task finish unobserved).
         max_retries: how often a member whose worker died while it ran alone is run again.
         chunks_per_worker: tasks per worker per generation (1 sends the base parameters once per
             worker; more balance uneven fitness costs).
@@ -910,6 +487,8 @@ class _Run:
         if kind is None:
             kind = self.executor.classify_failure(error)
         if kind == "error":
+            if isinstance(error, EvaluationError):  # the executor said what went wrong
+                raise error
             raise EvaluationError(
                 f"a task of generation {self.population.generation} failed outside the fitness "
                 f"function: {type(error).__name__}: {error}"

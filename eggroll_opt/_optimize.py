@@ -25,9 +25,9 @@ from ._evaluate import (
     EvaluationError,
     _check_int,
     _check_timeout,
-    _resolve_executor,
     evaluate,
 )
+from ._executors import _resolve_executor
 from ._tree import tree_map
 
 if TYPE_CHECKING:

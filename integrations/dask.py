@@ -33,6 +33,15 @@ How it uses Dask:
 Dask cannot stop a task that is already running: after a generation's deadline the tasks still
 running finish on their workers and their results are dropped.
 
+**A cluster left without workers fails, it does not stall.** When the cluster has had no worker
+for ``worker_wait`` seconds (60 by default) while the executor needs one (at the start of a
+generation, or while tasks wait), :class:`NoWorkersError` (an
+:class:`~eggroll_opt.EvaluationError`) is raised from :func:`eggroll_opt.evaluate` and
+:func:`eggroll_opt.optimize`. With a generation ``timeout`` shorter than ``worker_wait`` the
+members of that generation fail with reason ``"timeout"`` first, and the next generation raises.
+(The scheduler's own ``distributed.scheduler.no-workers-timeout``, if set, fails the tasks
+themselves; :func:`eggroll_opt.evaluate` then raises with Dask's error.)
+
 For a cluster that must survive workers dying again and again, also raise
 ``distributed.deploy.lost-worker-timeout`` above the time a worker takes to restart: when it
 expires while a worker is down, a ``LocalCluster`` closes that worker's nanny for good.
@@ -42,16 +51,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import numbers
 import pickle
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from types import ModuleType
 from typing import Any
 
-from eggroll_opt._evaluate import Broadcast, FailureKind, RemoteExecutor, _Payload
+from eggroll_opt._evaluate import EvaluationError
+from eggroll_opt._executors import Broadcast, FailureKind, RemoteExecutor
+from eggroll_opt._worker import _Payload
 
 _BASE_PREFIX = "eggroll-base-"
 _STOP = object()
@@ -96,6 +109,10 @@ else:
     _sizeof.register(_Payload)(_payload_nbytes)
 
 
+class NoWorkersError(EvaluationError):
+    """The Dask cluster had no workers for ``worker_wait`` seconds while tasks needed one."""
+
+
 class DaskExecutor(RemoteExecutor):
     """Run :func:`eggroll_opt.evaluate`'s tasks on a Dask cluster through ``client``.
 
@@ -105,6 +122,9 @@ class DaskExecutor(RemoteExecutor):
 
     Args:
         client: a connected ``distributed.Client``.
+        worker_wait: seconds the cluster may stay without any worker while this executor needs
+            one (a generation starts, or tasks are waiting) before :class:`NoWorkersError` is
+            raised; a restarting worker (a few seconds) is not a reason to fail.
 
     Example:
         >>> from eggroll_opt.integrations.dask import DaskExecutor
@@ -112,6 +132,10 @@ class DaskExecutor(RemoteExecutor):
         Traceback (most recent call last):
         ...
         TypeError: `client` must be a distributed.Client, got str.
+        >>> DaskExecutor(None, worker_wait=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `worker_wait` must be a number of seconds > 0, got 0.
 
         With a cluster (not run here: it starts processes)::
 
@@ -120,11 +144,21 @@ class DaskExecutor(RemoteExecutor):
                     result = eo.evaluate(es.ask(), fitness_fn, DaskExecutor(client))
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, worker_wait: float = 60.0) -> None:
         distributed = _distributed()
+        seconds: Any = worker_wait  # checked as any object: users pass what they pass
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, numbers.Real)
+            or not float(seconds) > 0
+        ):
+            raise ValueError(f"`worker_wait` must be a number of seconds > 0, got {seconds!r}.")
         if not isinstance(client, distributed.Client):
             raise TypeError(f"`client` must be a distributed.Client, got {type(client).__name__}.")
         self._client = client
+        self._worker_wait = float(seconds)
+        self._poll_seconds = min(1.0, self._worker_wait / 4)
+        self._empty_since: float | None = None
         self._finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._links: dict[Any, tuple[Future[Any], Any]] = {}
         self._lock = threading.Lock()
@@ -142,9 +176,24 @@ class DaskExecutor(RemoteExecutor):
         return self._client
 
     @property
+    def worker_wait(self) -> float:
+        """Seconds the cluster may stay without workers before :class:`NoWorkersError`."""
+        return self._worker_wait
+
+    @property
     def workers(self) -> int:
-        """Worker threads on the cluster now (at least 1)."""
+        """Worker threads on the cluster now, waiting up to ``worker_wait`` for a first one.
+
+        Raises:
+            NoWorkersError: if no worker joined within ``worker_wait`` seconds.
+        """
         nthreads = self._client.nthreads()
+        if not nthreads:
+            try:
+                self._client.wait_for_workers(1, timeout=self._worker_wait)
+            except TimeoutError:
+                raise self._no_workers(self._worker_wait) from None
+            nthreads = self._client.nthreads()
         with self._lock:
             self._slots = [
                 address for address, count in sorted(nthreads.items()) for _ in range(count)
@@ -248,11 +297,57 @@ class DaskExecutor(RemoteExecutor):
         if wait and collector is not None:
             collector.join(timeout=30)
 
+    # -- an empty cluster ----------------------------------------------------------------------
+    def _no_workers(self, seconds: float) -> NoWorkersError:
+        address = getattr(self._client.scheduler, "address", "?")
+        return NoWorkersError(
+            f"the Dask cluster (scheduler {address}) has had no workers for {seconds:.3g} s "
+            f"(`worker_wait`={self._worker_wait:g}); start workers, or find out why they died "
+            f"(a LocalCluster stops restarting a worker that is down when "
+            f"distributed.deploy.lost-worker-timeout expires)"
+        )
+
+    def _check_workers(self) -> None:
+        """Fail every pending task once the cluster has been empty for ``worker_wait``."""
+        with self._lock:
+            pending = bool(self._links)
+        if not pending:
+            self._empty_since = None
+            return
+        try:
+            count = len(self._client.nthreads())
+        except Exception:  # the client is closing: its own errors reach the futures
+            return
+        now = time.monotonic()
+        if count:
+            self._empty_since = None
+            return
+        if self._empty_since is None:
+            self._empty_since = now
+            return
+        if now - self._empty_since < self._worker_wait:
+            return
+        error = self._no_workers(now - self._empty_since)
+        with self._lock:
+            links = list(self._links.values())
+            self._links.clear()
+        with contextlib.suppress(Exception):  # the tasks are given up either way
+            self._client.cancel([dask_future for _, dask_future in links])
+        for future, _ in links:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(error)
+        self._empty_since = None
+
     # -- results ------------------------------------------------------------------------------
     def _collect(self) -> None:
-        """Resolve our futures as Dask's finish, gathering finished results in batches."""
+        """Resolve our futures as Dask's finish, gathering finished results in batches; while
+        nothing finishes, check that the cluster still has workers."""
         while True:
-            first = self._finished.get()
+            try:
+                first = self._finished.get(timeout=self._poll_seconds)
+            except queue.Empty:
+                self._check_workers()
+                continue
             if first is _STOP:
                 return
             batch = [first]

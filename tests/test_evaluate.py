@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import math
 import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import eggroll_opt as eo
-from eggroll_opt._evaluate import _JOBS, _Job, _open, _Packed, _Payload, _run_chunk
+from eggroll_opt._worker import _JOBS, _Job, _open, _Packed, _Payload, _run_chunk
 
 from .conftest import make_backend
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # -- fitness functions (module level, so worker processes can import them) ----------------------
 
@@ -72,6 +78,16 @@ class KeyedFitness:
         if self.action == "everyone-sleeps":
             time.sleep(self.seconds)
         return sphere(params)
+
+
+def _pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def rerun_members(result):
+    """Members submitted more than once: the work that lost tasks cost the generation."""
+    return [int(index) for index in np.flatnonzero(result.attempts >= 2)]
 
 
 def marker_of(population, index):
@@ -206,6 +222,81 @@ def test_argument_errors_name_the_argument():
         eo.evaluate(pop, sphere, Client())
     with pytest.raises(ValueError, match="`max_workers` must be at least 1, got 0"):
         eo.ProcessPool(0)
+
+
+def test_threads_deadline_bounds_the_call():
+    """A fitness far slower than the deadline: "threads" returns at the deadline.
+
+    Before, the call waited for every chunk to finish (here 4 members of 1.5 s per thread on 2
+    CPUs: 6 s); now the threads left running are daemon threads, and each stops at the end of
+    the member it was running.
+    """
+    pop = make_strategy(popsize=8).ask()
+    slow = KeyedFitness(math.nan, "everyone-sleeps", seconds=1.5)
+    before = set(threading.enumerate())
+    start = time.perf_counter()
+    result = eo.evaluate(pop, slow, "threads", timeout=0.3)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.2
+    assert sorted(result.failures) == list(range(8))
+    assert {f.reason for f in result.failures.values()} == {"timeout"}
+    left = [thread for thread in set(threading.enumerate()) - before if thread.is_alive()]
+    assert left and all(thread.daemon for thread in left)
+    for thread in left:  # one member each (1.5 s), not the rest of their chunk
+        thread.join(timeout=4)
+    assert not any(thread.is_alive() for thread in left)
+
+
+def test_a_chunk_in_threads_stops_at_the_deadline(threads):
+    """A caller's thread pool: the call returns at the deadline and the chunk stops after the
+    member it was running, instead of running its remaining members for nothing."""
+    pop = make_strategy(popsize=8).ask()
+    calls = []
+
+    def counted(params):
+        calls.append(1)
+        time.sleep(0.2)
+        return sphere(params)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as one_thread:
+        start = time.perf_counter()
+        result = eo.evaluate(pop, counted, one_thread, timeout=0.3)
+        assert time.perf_counter() - start < 1.0
+        time.sleep(1.0)  # the 8-member chunk would have run 6 more members by now
+    assert len(calls) <= 3 and result.num_failed >= 6
+
+
+def test_a_hung_fitness_holds_neither_the_call_nor_the_exit():
+    """In a fresh interpreter: "threads" and optimize return at the deadline with a fitness that
+    never returns, and so does the interpreter's exit with a ProcessPool worker stuck in a task
+    (a stdlib pool would wait for both at exit)."""
+    script = """
+import time, numpy as np, eggroll_opt as eo
+def hang(params):
+    time.sleep(3600)
+es = eo.Eggroll({"w": np.zeros((2, 3))}, popsize=4, sigma=0.1, learning_rate=0.1, seed=0,
+                backend="numpy")
+start = time.perf_counter()
+result = eo.evaluate(es.ask(), hang, "threads", timeout=0.5)
+try:
+    eo.optimize(es, hang, 3, executor="threads", timeout=0.5, progress=False)
+except eo.EvaluationError as error:
+    print("optimize raised:", str(error)[:40])
+pool = eo.ProcessPool(1)
+pool.submit(time.sleep, 3600)
+print("returned", sorted({f.reason for f in result.failures.values()}),
+      f"after {time.perf_counter() - start:.1f} s")
+"""
+    start = time.perf_counter()
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "returned ['timeout']" in completed.stdout
+    assert "optimize raised: generation 0: 4 of 4 members failed" in completed.stdout
+    returned_after = float(completed.stdout.split("after ")[1].split(" s")[0])
+    assert returned_after < 3.0
+    assert time.perf_counter() - start < 60
 
 
 def test_in_process_deadline_marks_unstarted_members():
@@ -354,6 +445,8 @@ def test_workers_copy_the_base_once_aligned_and_writable():
         assert all(value.flags.aligned for value in opened.base.values())
         assert _open(packed) is opened  # once per process and generation
         assert _open(_Packed("token-b", b"never unpickled")) is opened
+        with pytest.raises(RuntimeError, match="never sent to this worker"):
+            _open(_Packed("token-c", b""))  # a token only, for a payload this process lacks
         result = _run_chunk(packed, range(0, 4))
         assert result.token == "token-b" and result.indices == (0, 1, 2, 3)
     finally:
@@ -389,11 +482,17 @@ def test_a_poison_member_is_isolated_on_a_process_pool(pool, max_retries):
 
 
 def test_a_worker_killed_mid_generation_loses_nothing(pool):
+    """One of two workers is killed while both run their chunk of 32: only its chunk runs again.
+
+    (Before, the whole stdlib pool broke: both chunks were lost, all 64 members ran again, in
+    66 tasks.)
+    """
     pop = make_strategy(popsize=64).ask()
     expected = reference(pop)
     warm = eo.evaluate(pop, sphere, pool, timeout=60)  # processes are up
     np.testing.assert_array_equal(warm.fitness, expected)
-    pids = [process.pid for process in pool._pool._processes.values()]
+    pids = pool.pids
+    restarts = pool.restarts
     assert len(pids) == 2
     killer = threading.Timer(0.1, os.kill, (pids[0], signal.SIGKILL))
     killer.start()
@@ -403,19 +502,70 @@ def test_a_worker_killed_mid_generation_loses_nothing(pool):
         killer.join()
     np.testing.assert_array_equal(result.fitness, expected)
     assert result.failures == {} and result.duplicates == 0
-    assert result.lost_tasks >= 1 and result.attempts.max() >= 2
+    rerun = rerun_members(result)
+    print(
+        f"process pool, one worker killed: {len(rerun)} of 64 members re-run, "
+        f"{result.tasks} tasks, {result.lost_tasks} lost"
+    )
+    assert result.lost_tasks == 1
+    assert rerun in (list(range(0, 32)), list(range(32, 64)))  # the dead worker's chunk only
+    assert result.tasks == 2 + 32  # the two chunks, then its members one per task
+    assert pool.restarts == restarts + 1 and pids[1] in pool.pids  # the other worker went on
 
 
 def test_deadline_on_a_process_pool_stops_the_stuck_task(pool):
     pop = make_strategy().ask()
+    eo.evaluate(pop, sphere, pool, timeout=60)  # processes are up
+    pids, restarts = set(pool.pids), pool.restarts
     stuck = KeyedFitness(marker_of(pop, 2), "sleep", seconds=30)
     start = time.perf_counter()
     result = eo.evaluate(pop, stuck, pool, timeout=1.0)
     assert time.perf_counter() - start < 10
     assert result.failures and {f.reason for f in result.failures.values()} == {"timeout"}
     assert 2 in result.failures
-    again = eo.evaluate(pop, sphere, pool, timeout=60)  # a fresh pool, right away
+    again = eo.evaluate(pop, sphere, pool, timeout=60)  # right away
     np.testing.assert_array_equal(again.fitness, reference(pop))
+    # Only the process running the late chunk was ended; the other one goes on.
+    deadline = time.monotonic() + 10
+    while len(pids & set(pool.pids)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the pool notices the ended process
+    survivors = pids & set(pool.pids)
+    assert len(survivors) == 1
+    eo.evaluate(pop, sphere, pool, timeout=60)  # two chunks: a new process joins the survivor
+    assert pool.restarts == restarts + 1 and survivors < set(pool.pids)
+
+
+def test_process_pool_loses_only_the_task_of_the_worker_that_died():
+    with eo.ProcessPool(2) as pool:
+        futures = [pool.submit(_pid_after, 0.6) for _ in range(4)]
+        deadline = time.monotonic() + 30
+        while len(pool.pids) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # both workers run a task; two tasks wait
+        os.kill(pool.pids[0], signal.SIGKILL)
+        errors = [future.exception(timeout=60) for future in futures]
+        lost = [error for error in errors if error is not None]
+        assert len(lost) == 1 and isinstance(lost[0], concurrent.futures.BrokenExecutor)
+        assert "died (signal SIGKILL)" in str(lost[0])
+        assert pool.restarts == 1 and len(pool.pids) == 2
+        assert pool.submit(pow, 3, 2).result(timeout=60) == 9
+        with pytest.raises(ValueError, match="invalid literal") as info:
+            pool.submit(int, "x").result(timeout=60)
+        assert "in worker process" in "".join(getattr(info.value, "__notes__", []))
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(pow, 2, 2)
+
+
+def test_process_pool_sends_the_payload_once_per_worker():
+    """Eight tasks on two workers carry the base parameters twice (before: eight times)."""
+    big = {"w": np.zeros((256, 256), np.float32)}
+    base_bytes = 256 * 256 * 4
+    pop = eo.Eggroll(big, popsize=64, sigma=0.1, learning_rate=0.1, seed=0).ask()
+    with eo.ProcessPool(2) as pool:
+        result = eo.evaluate(pop, sphere, pool, chunks_per_worker=4, timeout=120)
+        assert result.tasks == 8 and result.failures == {}
+        assert 2 * base_bytes < result.bytes_sent < 2 * base_bytes + 8_000
+        assert 2 * base_bytes < pool._bytes_sent < 2 * base_bytes + 8_000  # what the pipes carried
 
 
 def test_late_results_change_nothing(threads):

@@ -28,7 +28,7 @@ dask = pytest.importorskip("dask")
 from eggroll_opt.integrations.dask import DaskExecutor  # noqa: E402
 
 import eggroll_opt as eo  # noqa: E402
-from eggroll_opt._evaluate import _Payload, _run_chunk  # noqa: E402
+from eggroll_opt._worker import _Payload, _run_chunk  # noqa: E402
 
 from .test_evaluate import (  # noqa: E402
     KeyedFitness,
