@@ -43,16 +43,24 @@ incrementally: a call reads only trials it has not seen finished yet.
 
 Member assignment and failures:
 
-* A new trial takes the lowest member slot of the current generation that has no trial yet.
-  When every slot has a trial but some are still running, the new trial duplicates a running
-  slot (the one with the fewest trials, then the lowest index): the same candidate again.
+* A new trial takes the lowest member slot of the current generation that has no trial yet,
+  after leaving one free slot to each earlier-numbered trial (in any process) that is running
+  but has not taken its slot yet: trials asked at the same moment take distinct slots.
+* When every slot has a trial and some are still running, the new trial waits (polling the
+  storage) for the generation to complete, then takes a slot of the next one. It does not
+  wait for a trial asked in its own thread (``study.ask()`` several times, then ``tell``), nor
+  for one that has run longer than four times the median duration of the latest COMPLETE
+  trials (at least 0.1 s): such a slot is handed out again (the one with the fewest trials,
+  then the lowest index), the same candidate a second time.
 * The first finished trial of a slot (earliest completion time, then lowest trial number)
   gives its fitness; later duplicates are ignored. A slot whose counted trial FAILED or was
   PRUNED has fitness NaN and ranks worst (the strategy's ``nan_policy="worst"``). A generation
   in which every member failed is told as "no information" (all fitness equal), so only the
   optimizer's momentum moves the mean.
 * So a generation completes as long as trials keep coming: a trial that was abandoned while
-  RUNNING (a killed worker) is duplicated by the next trials and never blocks its generation.
+  RUNNING (a killed worker) is duplicated by the next trial once it is overdue, and blocks its
+  generation for that long at most. Where to wait and which slot to take are decisions of
+  each process; they never change what the replay counts.
 * Processes agree on the counted duplicate when the storage shows finished trials in the order
   they finished. The one exception is a commit delayed past a later duplicate's finish: a
   process that told the generation in between counts the later duplicate. With a
@@ -73,9 +81,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import statistics
 import threading
+import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -112,6 +123,11 @@ SAMPLER_ATTR = "eggroll_opt:sampler"
 _FORMAT = 2  # bump when the encoding or the replay rule changes: old runs then start afresh
 _SIGMA = 0.2  # starting σ: a fifth of every numeric range, 0.2 in logit units
 _SIGMA_BOUNDS = (1e-4, 5.0)  # adapted σ stays within [2e-5, 1] of a range
+
+# A slot is handed out again once its running trials are older than _GRACE_FACTOR times the
+# median duration of the latest _DURATIONS COMPLETE trials (at least _GRACE_MIN seconds).
+_GRACE_FACTOR, _GRACE_MIN, _DURATIONS = 4.0, 0.1, 64
+_POLL_MIN, _POLL_MAX = 0.005, 1.0  # seconds between looks at the storage while waiting
 
 # Numeric coordinate kinds.
 _LINEAR, _LOG, _GRID, _INT_LOG = 0, 1, 2, 3
@@ -274,7 +290,7 @@ class _Encoding:
 class _Slot:
     """The trials of one (generation, member): running ones and the counted finished one."""
 
-    running: set[int] = field(default_factory=set)
+    running: dict[int, datetime] = field(default_factory=dict)  # number: start
     result: tuple[datetime, int, float] | None = None  # (completed, number, fitness)
 
 
@@ -296,9 +312,9 @@ class _Run:
             return  # a late duplicate of a generation already told
         slot = self.slots.setdefault(generation, {}).setdefault(member, _Slot())
         if not trial.state.is_finished():
-            slot.running.add(trial.number)
+            slot.running[trial.number] = trial.datetime_start or datetime.now()
             return
-        slot.running.discard(trial.number)
+        slot.running.pop(trial.number, None)
         value = trial.value if trial.state == TrialState.COMPLETE else None
         fitness = float("nan") if value is None else float(value)
         result = (trial.datetime_complete or datetime.max, trial.number, fitness)
@@ -350,15 +366,29 @@ class _Run:
         logits = {c: params["categorical"][f"choices{c}"][None] for c in self.encoding.groups}
         return self.encoding.decode(numeric, logits)[0]
 
-    def assign(self) -> int:
-        """The member slot a new trial takes (see the module docstring)."""
+    def assign(self, rank: int, live: Callable[[int, datetime], bool]) -> int | None:
+        """The member slot a new trial takes, or None while it should wait for one.
+
+        Args:
+            rank: how many trials asked before this one are still to take a slot; they take
+                the lowest free slots, so this trial takes the free slot after them.
+            live: whether a running trial (number, start) may still finish; a slot is handed
+                out again only when none of its running trials is live.
+        """
         assert self.strategy is not None
         slots = self.slots.get(self.generation, {})
-        for member in range(self.strategy.popsize):
-            if member not in slots:
-                return member
-        waiting = [m for m, slot in slots.items() if slot.result is None]
-        return min(waiting, key=lambda m: (len(slots[m].running), m))
+        free = [member for member in range(self.strategy.popsize) if member not in slots]
+        if rank < len(free):
+            return free[rank]
+        stalled = [
+            member
+            for member, slot in slots.items()
+            if slot.result is None
+            and not any(live(number, start) for number, start in slot.running.items())
+        ]
+        if not stalled:
+            return None
+        return min(stalled, key=lambda member: (len(slots[member].running), member))
 
 
 class _StudyState:
@@ -375,6 +405,40 @@ class _StudyState:
         self.runs: dict[str, _Run] = {}
         self.seed: int | None = None
         self.key_cache: tuple[list[str], list[Any], list[int], str] | None = None
+        # Running trials without a slot yet (asked, parameters not sampled): number: start.
+        self.pending: dict[int, datetime] = {}
+        # Unfinished trials this sampler saw asked: number: the asking thread.
+        self.threads: dict[int, int] = {}
+        # Seconds from start to completion of the latest COMPLETE trials.
+        self.durations: deque[float] = deque(maxlen=_DURATIONS)
+
+    def grace(self) -> float:
+        """Seconds after its start when a running trial no longer holds its slot alone."""
+        typical = statistics.median(self.durations) if self.durations else 0.0
+        return max(_GRACE_FACTOR * typical, _GRACE_MIN)
+
+    def poll_delay(self) -> float:
+        """Seconds between two looks at the storage while a trial waits for a slot."""
+        return min(max(self.grace() / (4 * _GRACE_FACTOR), _POLL_MIN), _POLL_MAX)
+
+    def claims(self, number: int) -> tuple[int, Callable[[int, datetime], bool]]:
+        """What :meth:`_Run.assign` needs for trial ``number``: its rank among the trials
+        still to take a slot, and which running trials are live.
+
+        A trial asked by the calling thread is never waited for (this thread would have to
+        finish it first); any other one is, until it is older than :meth:`grace`.
+        """
+        now, grace, thread = datetime.now(), self.grace(), threading.get_ident()
+
+        def live(other: int, start: datetime) -> bool:
+            if self.threads.get(other) == thread:
+                return False
+            return (now - start).total_seconds() < grace
+
+        rank = sum(
+            1 for other, start in self.pending.items() if other < number and live(other, start)
+        )
+        return rank, live
 
     def intersect(self, distributions: Mapping[str, BaseDistribution]) -> None:
         """Intersect the search space with one COMPLETE trial's distributions."""
@@ -544,22 +608,27 @@ class EggrollSampler(BaseSampler):
         self._check_single_objective(study)
         if not search_space:
             return {}
-        with self._lock:
-            state = self._state(study)
-            run = self._run(study, state, search_space)
-            run.advance()
-            fixed = trial.system_attrs.get("fixed_params") or {}
-            if any(name in search_space for name in fixed):
-                mean = run.mean_values()
-                return {name: value for name, value in mean.items() if name not in fixed}
-            member = run.assign()
-            study._storage.set_trial_system_attr(
-                trial._trial_id, MEMBER_ATTR, [run.key, run.generation, member]
-            )
-            run.slots.setdefault(run.generation, {}).setdefault(member, _Slot()).running.add(
-                trial.number
-            )
-            return dict(run.current_candidates()[member])
+        fixed = trial.system_attrs.get("fixed_params") or {}
+        while True:
+            with self._lock:
+                state = self._state(study)
+                run = self._run(study, state, search_space)
+                run.advance()
+                if any(name in search_space for name in fixed):
+                    mean = run.mean_values()
+                    return {name: value for name, value in mean.items() if name not in fixed}
+                member = run.assign(*state.claims(trial.number))
+                if member is not None:
+                    study._storage.set_trial_system_attr(
+                        trial._trial_id, MEMBER_ATTR, [run.key, run.generation, member]
+                    )
+                    slots = run.slots.setdefault(run.generation, {})
+                    slot = slots.setdefault(member, _Slot())
+                    slot.running[trial.number] = trial.datetime_start or datetime.now()
+                    state.pending.pop(trial.number, None)
+                    return dict(run.current_candidates()[member])
+                delay = state.poll_delay()
+            time.sleep(delay)  # every slot is taken by a live trial: wait for them
 
     def sample_independent(
         self,
@@ -591,7 +660,9 @@ class EggrollSampler(BaseSampler):
         )
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        """Let the independent sampler prepare the trial."""
+        """Note the thread that asks ``trial``; let the independent sampler prepare it."""
+        with self._lock:
+            self._cached_state(study).threads[trial.number] = threading.get_ident()
         self._independent_sampler.before_trial(study, trial)
 
     def after_trial(
@@ -637,11 +708,16 @@ class EggrollSampler(BaseSampler):
 
     def _state(self, study: Study) -> _StudyState:
         """This study's replay state, brought up to date with the storage (call under lock)."""
+        state = self._cached_state(study)
+        self._scan(study, state)
+        return state
+
+    def _cached_state(self, study: Study) -> _StudyState:
+        """This study's replay state as last scanned (call under lock)."""
         key = (id(study._storage), study._study_id)
         state = self._studies.get(key)
         if state is None:
             state = self._studies[key] = _StudyState()
-        self._scan(study, state)
         return state
 
     def _scan(self, study: Study, state: _StudyState) -> None:
@@ -669,10 +745,24 @@ class EggrollSampler(BaseSampler):
                 run.observe(trial, int(attr[1]), int(attr[2]))
             if trial.state.is_finished():
                 state.watched.discard(number)
+                state.pending.pop(number, None)
+                state.threads.pop(number, None)
                 if trial.state == TrialState.COMPLETE:
                     state.intersect(trial.distributions)
+                    if trial.datetime_start is not None and trial.datetime_complete is not None:
+                        duration = trial.datetime_complete - trial.datetime_start
+                        state.durations.append(duration.total_seconds())
             else:
                 state.watched.add(number)
+                fixed = trial.system_attrs.get("fixed_params") or {}
+                if (
+                    trial.state == TrialState.RUNNING
+                    and attr is None
+                    and not any(name in state.relative for name in fixed)
+                ):
+                    state.pending[number] = trial.datetime_start or datetime.now()
+                else:
+                    state.pending.pop(number, None)
 
     def _settings(self) -> dict[str, Any]:
         """The configuration a run depends on (besides the seed and the search space)."""

@@ -11,6 +11,8 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -467,6 +469,80 @@ def test_an_abandoned_running_trial_never_blocks_its_generation():
     assert _run_state(study.sampler, study).generation >= 3
 
 
+def _two_processes(first_seconds: float):
+    """Two studies with samplers of their own on one storage, as two processes would have.
+
+    The first trial takes ``first_seconds``: trials hold their slots alone for four times the
+    median duration, so this sets how long the samplers wait for each other.
+    """
+    storage = optuna.storages.InMemoryStorage()
+    one = optuna.create_study(
+        storage=storage, study_name="s", sampler=EggrollSampler(seed=3, popsize=4)
+    )
+
+    def slow(trial) -> float:
+        time.sleep(first_seconds)
+        return _mixed_objective(trial)
+
+    one.optimize(slow, n_trials=1)
+    two = optuna.load_study(
+        study_name="s", storage=storage, sampler=EggrollSampler(seed=3, popsize=4)
+    )
+    return one, two
+
+
+def _slot(trial) -> list[int]:
+    """[generation, member] of an asked trial whose parameters were sampled."""
+    return trial.storage.get_trial(trial._trial_id).system_attrs[MEMBER_ATTR][1:]
+
+
+def test_a_trial_waits_for_slots_held_by_another_process():
+    one, two = _two_processes(first_seconds=0.25)  # they hold their slots for 1 s
+    held = [one.ask() for _ in range(4)]
+    values = [_mixed_objective(trial) for trial in held]
+    assert [_slot(trial) for trial in held] == [[0, member] for member in range(4)]
+    finish = threading.Timer(
+        0.3, lambda: [one.tell(*told) for told in zip(held, values, strict=True)]
+    )
+    start = time.perf_counter()
+    finish.start()
+    waiting = two.ask()
+    _mixed_objective(waiting)
+    elapsed = time.perf_counter() - start
+    finish.join()
+    # Not a second trial of a running member: the first member of the next generation.
+    assert _slot(waiting) == [1, 0]
+    assert elapsed >= 0.3
+
+
+def test_a_slot_whose_trial_never_finishes_is_asked_again_after_a_grace():
+    one, two = _two_processes(first_seconds=0.15)
+    held = [one.ask() for _ in range(4)]
+    values = [_mixed_objective(trial) for trial in held]
+    time.sleep(0.15)  # every trial takes 0.15 s: a slot is held alone for 0.6 s
+    for trial, value in zip(held[1:], values[1:], strict=True):
+        one.tell(trial, value)  # held[0] never finishes, as if its process died
+    start = time.perf_counter()
+    again = two.ask()
+    _mixed_objective(again)
+    elapsed = time.perf_counter() - start
+    assert _slot(again) == [0, 0] and again.params == held[0].params
+    assert 0.3 < elapsed < 10.0  # held[0] was 0.15 s old: about 0.45 s of waiting
+    one.tell(again, values[0])
+    nxt = two.ask()
+    _mixed_objective(nxt)
+    assert _slot(nxt) == [1, 0]
+
+
+def test_trials_asked_at_once_take_distinct_slots_in_asking_order():
+    one, two = _two_processes(first_seconds=0.2)
+    first = one.ask()  # asked; its parameters are not sampled yet
+    second = two.ask()
+    _mixed_objective(second)  # samples first, and leaves the lowest slot to the earlier trial
+    _mixed_objective(first)
+    assert [_slot(first), _slot(second)] == [[0, 0], [0, 1]]
+
+
 def test_enqueued_trials_with_fixed_values_are_not_members():
     study = _study(EggrollSampler(seed=0, popsize=4))
     study.optimize(_mixed_objective, n_trials=5)
@@ -577,10 +653,21 @@ def test_threads_share_one_sampler_consistently():
     assert _audit_consistent(study, EggrollSampler(seed=0, popsize=8)) >= 110
     generations = [g for _, g, _ in _members(study).values()]
     assert max(generations) >= 10
+    # A thread waits for the others' trials rather than run one of their candidates again.
+    assert _duplicate_fraction(study) < 0.05
 
 
-def _share_sqlite_between_processes(tmp_path: Path, workers: int, trials: int) -> None:
-    """Real worker processes, and one that dies mid-trial, share one SQLite study."""
+def _duplicate_fraction(study) -> float:
+    """The fraction of member trials that ran a (run, generation, member) slot again."""
+    members = list(_members(study).values())
+    return (len(members) - len(set(members))) / len(members)
+
+
+def _share_sqlite_between_processes(tmp_path: Path, workers: int, trials: int) -> float:
+    """Real worker processes, and one that dies mid-trial, share one SQLite study.
+
+    Returns the fraction of member trials that ran a slot again (see `_duplicate_fraction`).
+    """
     from tests._optuna_worker import objective, storage
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
@@ -631,15 +718,21 @@ def _share_sqlite_between_processes(tmp_path: Path, workers: int, trials: int) -
     (crashed_number,) = [t.number for t in trials_ if t.state == TrialState.RUNNING]
     slot = members[crashed_number][1:]
     assert slot[0] < last and slot[1] in done[slot[0]]
+    return _duplicate_fraction(study)
 
 
 def test_processes_share_one_sqlite_storage(tmp_path):
     _share_sqlite_between_processes(tmp_path, workers=2, trials=12)
 
 
+def test_four_processes_seldom_run_a_candidate_twice(tmp_path):
+    # Before waiting for running slots, 28% of the trials here re-ran a running candidate.
+    assert _share_sqlite_between_processes(tmp_path, workers=4, trials=40) < 0.05
+
+
 @pytest.mark.slow
 def test_many_processes_share_one_sqlite_storage(tmp_path):
-    _share_sqlite_between_processes(tmp_path, workers=3, trials=60)
+    assert _share_sqlite_between_processes(tmp_path, workers=4, trials=150) < 0.05
 
 
 # -- examples and benchmarks at their quick size -------------------------------------------------
