@@ -50,6 +50,8 @@ _ROUNDS = 10
 _M0, _M1 = 0xD2E7470EE14C6C93, 0xCA5A826395121157  # Philox4x64 multipliers
 _W0, _W1 = 0x9E3779B97F4A7C15, 0xBB67AE8584CAA73B  # Weyl key increments
 _MASK64 = (1 << 64) - 1
+MAX_NORMAL = 5.9
+"""No normal of the generator exceeds this in magnitude: ``sqrt(-2 log 2**-25)`` ≈ 5.887."""
 GENERATORS = ("numpy", "kernel", "arrays")
 # The array generators run in chunks of about this many normals to bound temporary memory.
 _CHUNK_NORMALS = 1 << 20

@@ -38,6 +38,7 @@ import numpy as np
 from . import _checkpoint, _safe_step, adaptation
 from ._backend import Backend, get_backend, host_values, read_only, to_numpy
 from ._defaults import default_learning_rate, default_popsize, default_sigma
+from ._noise import MAX_NORMAL
 from ._optimize import OptimizeResult, optimize
 from ._population import NOISE_KINDS, LeafSpec, Population, leaf_noise
 from ._safe_step import NonFiniteStepError
@@ -205,8 +206,9 @@ class Eggroll:
             path: self._backend.xp.array(self._backend.asarray(value), copy=True)
             for path, value in flat.items()
         }
-        for path, value in self._params.items():
-            if not bool(self._backend.xp.isfinite(value).all()):
+        peaks = _safe_step.peak_magnitudes(self._backend.xp, self._params)
+        for path, peak in peaks.items():
+            if not math.isfinite(peak):
                 raise ValueError(
                     f"`params` leaf {path!r} holds NaN or inf; the initial mean must be finite."
                 )
@@ -282,7 +284,7 @@ class Eggroll:
         self._generation = 0
         self._restarts = 0
         self._population: Population | None = None
-        self._param_peaks: dict[str, float] | None = None  # max |mean| per leaf, for _step
+        self._param_peaks = peaks  # a bound on max |mean| per leaf, for _step
 
     def _init_adaptation(self) -> dict[str, Any] | None:
         if self._adaptation is None:
@@ -527,15 +529,20 @@ class Eggroll:
         unit, exponent = _safe_step.split_exponent(weights)
         adaptation_state = self._adaptation_state
         if self._adaptation is None or adaptation_state is None:
-            grads = self._loss_gradient(population, unit, -1.0 / (self._popsize * self._sigma))
+            scale = -1.0 / (self._popsize * self._sigma)
+            grads = self._loss_gradient(population, unit, scale)
             if exponent:
                 with np.errstate(over="ignore"):
                     grads = {path: xp.ldexp(g, exponent) for path, g in grads.items()}
+            with np.errstate(over="ignore"):
+                total_weight = float(np.ldexp(np.abs(unit).sum(), exponent))  # inf if huge
+            bounds = self._gradient_bounds(total_weight, scale)
         else:
             # Utilities normalised to Σ|u| = 1; the gradient is taken in whitened units.
             total = float(np.abs(unit).sum())
             utilities = unit / total if total > 0 else np.zeros_like(unit)
             grads = self._loss_gradient(population, utilities, -1.0)
+            bounds = self._gradient_bounds(1.0, -1.0)
             signed = utilities * population.signs
             if self._mirrored:
                 selection = utilities[0::2] + utilities[1::2]
@@ -552,10 +559,7 @@ class Eggroll:
                 rank=self._nominal_rank,
             )
             adaptation_state = self._adaptation.update(adaptation_state, observed)
-        norms = {path: _safe_step.leaf_norm(xp, g) for path, g in grads.items()}
-        if not all(math.isfinite(norm) for norm in norms.values()):
-            raise self._non_finite(values, "search gradient")
-        params, opt_state = self._step(grads, norms, population, values)
+        params, opt_state, norms = self._step(grads, bounds, population, values)
         self._params = params
         self._opt_state = opt_state
         self._adaptation_state = adaptation_state
@@ -568,28 +572,33 @@ class Eggroll:
     def _step(
         self,
         grads: dict[str, Any],
-        norms: Mapping[str, float],
+        bounds: Mapping[str, float],
         population: Population,
         values: np.ndarray,
-    ) -> tuple[dict[str, Any], Any]:
-        """The new mean and optimizer state, or :class:`NonFiniteStepError` with nothing changed.
+    ) -> tuple[dict[str, Any], Any, dict[str, float]]:
+        """The new mean, optimizer state and gradient norms, or :class:`NonFiniteStepError`.
 
         The optimizer updates its state in place, so the state is copied first whenever an
-        overflow is possible (see :mod:`eggroll_opt._safe_step`).
+        overflow is possible (see :mod:`eggroll_opt._safe_step`); ``bounds`` (``max |g|`` per
+        leaf, known on the host) decide that. Everything checked afterwards (the gradient norms
+        and the new mean's norms) is read back from the device in one transfer.
         """
         xp = self._backend.xp
         trainable = self._trainable()
-        if self._param_peaks is None:
-            self._param_peaks = _safe_step.peak_magnitudes(xp, trainable)
         growth = max(1.0, self._learning_rate) * (1.0 + self._weight_decay)
         if self._adaptation is not None:
             growth *= max(1.0, self._largest_noise_scale(population))
         dtypes = {path: self._leaves[path].dtype for path in grads}
-        snapshot = None
-        if self._optimizer_name is None or _safe_step.may_overflow(
-            norms, self._param_peaks, dtypes, growth
-        ):
-            snapshot = _safe_step.copy_tree(self._opt_state)
+        risky = self._optimizer_name is None or _safe_step.may_overflow(
+            bounds, self._param_peaks, dtypes, growth
+        )
+        snapshot = _safe_step.copy_tree(self._opt_state) if risky else None
+        # Norms are taken before the update, which may reuse the gradient buffers. Away from
+        # overflow they stay on the device until the one read-back below.
+        grad_norms: dict[str, Any] = {
+            path: _safe_step.leaf_norm(xp, g) if risky else xp.linalg.norm(g.reshape(-1))
+            for path, g in grads.items()
+        }
         with np.errstate(over="ignore", invalid="ignore"):
             updates, opt_state = self._optimizer.update(grads, self._opt_state, trainable)
             if self._adaptation is not None:
@@ -597,16 +606,21 @@ class Eggroll:
             params = dict(self._params)  # new arrays: the old mean stays valid for its population
             for path, update in updates.items():
                 params[path] = xp.asarray(params[path] + update, dtype=params[path].dtype)
-        peaks = _safe_step.peak_magnitudes(xp, {path: params[path] for path in updates})
-        finite = all(math.isfinite(peak) for peak in peaks.values())
+            mean_norms = {path: xp.linalg.norm(params[path].reshape(-1)) for path in updates}
+        norms, peaks = _safe_step.read_back(xp, grad_norms, mean_norms)
+        for path, peak in peaks.items():
+            if math.isinf(peak):  # the squares overflowed, or the mean did: look closer
+                peaks[path] = _safe_step.peak_magnitude(xp, params[path])
+        gradient_ok = all(math.isfinite(norm) for norm in norms.values())
+        finite = gradient_ok and all(math.isfinite(peak) for peak in peaks.values())
         if finite and snapshot is not None:
             finite = _safe_step.all_finite(xp, opt_state)
         if not finite:
             if snapshot is not None:
                 self._opt_state = snapshot
-            raise self._non_finite(values, "step")
-        self._param_peaks = peaks
-        return params, opt_state
+            raise self._non_finite(values, "step" if gradient_ok else "search gradient")
+        self._param_peaks = peaks  # ‖μ‖₂ >= max |μ|: a bound for the next step's check
+        return params, opt_state, norms
 
     def _largest_noise_scale(self, population: Population) -> float:
         """The largest σ times noise scale of any leaf (what the step is multiplied by)."""
@@ -724,27 +738,48 @@ class Eggroll:
         per_draw = weights * population.signs
         if self._mirrored:
             per_draw = per_draw[0::2] + per_draw[1::2]
+        searched = {p: leaf for p, leaf in self._leaves.items() if leaf.kind != "frozen"}
+        # Every leaf's weights, scaled on the host, go to the device in one copy per dtype.
+        factors = {
+            path: scale / math.sqrt(leaf.rank) if leaf.kind == "lowrank" else scale
+            for path, leaf in searched.items()
+        }
+        rows: dict[str, Any] = {}
+        for dtype in {leaf.dtype for leaf in searched.values()}:
+            paths = [p for p, leaf in searched.items() if leaf.dtype == dtype]
+            table = xp.asarray(np.stack([per_draw * factors[p] for p in paths]), dtype=dtype)
+            rows.update({path: table[i] for i, path in enumerate(paths)})
         grads = {}
-        for path, leaf in self._leaves.items():
-            if leaf.kind == "frozen":
-                continue
+        for path, leaf in searched.items():
             noise = population.factors(path, unit=True)
+            w = rows[path]
             if leaf.kind == "lowrank":
                 left, right = noise  # (K, m, r), (K, n, r)
-                draws, rows, rank = left.shape
-                w = xp.asarray(per_draw * (scale / math.sqrt(rank)), dtype=left.dtype)
+                draws, length, rank = left.shape
                 # (K·r, m)ᵀ @ (K·r, n): one GEMM; for rank 1 both operands are views.
-                weighted = (left * w[:, None, None]).transpose(0, 2, 1).reshape(-1, rows)
+                weighted = (left * w[:, None, None]).transpose(0, 2, 1).reshape(-1, length)
                 stacked = right.transpose(0, 2, 1).reshape(draws * rank, -1)
                 grads[path] = (weighted.T @ stacked).reshape(leaf.shape)
             else:
-                w = xp.asarray(per_draw * scale, dtype=noise.dtype)
                 grads[path] = xp.asarray(xp.tensordot(w, noise, axes=1))  # 0-d stays an array
         return grads
 
-    def _norm(self, grads: Mapping[str, Any]) -> float:
-        xp = self._backend.xp
-        return math.sqrt(sum(float(xp.linalg.norm(g.reshape(-1))) ** 2 for g in grads.values()))
+    def _gradient_bounds(self, total_weight: float, scale: float) -> dict[str, float]:
+        """A bound on ``max |g|`` per leaf for ``scale · Σ_i w_i ε̂_i`` with ``Σ|w_i|`` given.
+
+        A unit normal of the generator is at most :data:`MAX_NORMAL` in magnitude, so an entry of
+        ``ε̂`` is at most ``M`` (full) or ``√r · M²`` (low rank: ``r`` products over ``√r``).
+        Known on the host before the step, it tells whether an overflow is possible without
+        reading anything back from the device.
+        """
+        bounds = {}
+        for path, leaf in self._leaves.items():
+            if leaf.kind == "frozen":
+                continue
+            entry = MAX_NORMAL if leaf.kind == "full" else math.sqrt(leaf.rank) * MAX_NORMAL**2
+            with np.errstate(over="ignore"):
+                bounds[path] = float(np.float64(total_weight) * abs(scale) * entry)
+        return bounds
 
     def _stats(
         self, values: np.ndarray, gradient_norm: float, sigmas: dict[str, float]
@@ -926,7 +961,7 @@ class Eggroll:
         self._restarts = data.restarts
         self._popsize = int(data.config["popsize"])  # a restart may have grown it
         self._population = None
-        self._param_peaks = None
+        self._param_peaks = _safe_step.peak_magnitudes(self._backend.xp, self._params)
 
     def restart(
         self, params: Mapping[str, Any] | None = None, *, popsize: int | None = None
@@ -970,7 +1005,7 @@ class Eggroll:
         self._adaptation_state = self._init_adaptation()
         self._restarts += 1
         self._population = None
-        self._param_peaks = None
+        self._param_peaks = _safe_step.peak_magnitudes(self._backend.xp, self._params)
 
 
 class OpenES(Eggroll):
