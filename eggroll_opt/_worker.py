@@ -83,9 +83,7 @@ class _Job:
         self.local = False  # results stay in this process (threads): keep exception objects
         self.stopped = False  # set when the generation is over: chunks still running stop early
         template = payload.template
-        self._numbers_per_draw = max(
-            1, sum(leaf.noise_size(template.rank) for leaf in template.leaves)
-        )
+        self._numbers_per_draw = max(1, sum(leaf.noise_size() for leaf in template.leaves))
         self._backend = Backend("numpy", np)
 
     @classmethod
@@ -131,7 +129,6 @@ class _Job:
                         template.epoch,
                         first_draw,
                         count,
-                        template.rank,
                     ),
                     template.leaf_scales(slot),
                 )
@@ -156,7 +153,6 @@ class _Job:
                         leaf_noise_k,
                         sign,
                         template.leaf_sigma(slot),
-                        template.rank,
                     )
                 yield index, unflatten(values)
             position = stop

@@ -930,3 +930,18 @@ def test_process_pool_faults_repeated(pool, repeat):
     """The kill and poison runs on a process pool, ten times: nothing lost, nothing twice."""
     test_a_worker_killed_mid_generation_loses_nothing(pool)
     test_a_poison_member_is_isolated_on_a_process_pool(pool, max_retries=2)
+
+
+def _capped_rank_fitness(params):
+    return float(np.sum((params["out"]["w"] - 1) ** 2) + np.sum(params["hidden"]["w"] ** 2))
+
+
+@pytest.mark.parametrize("executor", ["threads", "processes"])
+def test_workers_rebuild_capped_rank_leaves_as_the_strategy_does(executor):
+    # rank=3 caps the 1 x 24 leaf at rank 1: workers must use each leaf's own rank.
+    params = {"hidden": {"w": np.zeros((8, 24))}, "out": {"w": np.zeros((1, 24))}}
+    es = eo.Eggroll(params, popsize=8, sigma=0.1, rank=3, seed=0, backend="numpy")
+    pop = es.ask()
+    local = [_capped_rank_fitness(member.params()) for member in pop]
+    evaluation = eo.evaluate(pop, _capped_rank_fitness, executor)
+    np.testing.assert_allclose(evaluation.fitness, local, rtol=1e-12)
