@@ -51,7 +51,8 @@ Member assignment and failures:
   wait for a trial asked in its own thread (``study.ask()`` several times, then ``tell``), nor
   for one that has run longer than four times the median duration of the latest COMPLETE
   trials (at least 0.1 s): such a slot is handed out again (the one with the fewest trials,
-  then the lowest index), the same candidate a second time.
+  then the lowest index), the same candidate a second time. Ages are read from the trials'
+  start times, so machines that share a storage should keep their clocks in step.
 * The first finished trial of a slot (earliest completion time, then lowest trial number)
   gives its fitness; later duplicates are ignored. A slot whose counted trial FAILED or was
   PRUNED has fitness NaN and ranks worst (the strategy's ``nan_policy="worst"``). A generation
@@ -312,7 +313,7 @@ class _Run:
             return  # a late duplicate of a generation already told
         slot = self.slots.setdefault(generation, {}).setdefault(member, _Slot())
         if not trial.state.is_finished():
-            slot.running[trial.number] = trial.datetime_start or datetime.now()
+            slot.running.setdefault(trial.number, trial.datetime_start or datetime.now())
             return
         slot.running.pop(trial.number, None)
         value = trial.value if trial.state == TrialState.COMPLETE else None
@@ -760,7 +761,7 @@ class EggrollSampler(BaseSampler):
                     and attr is None
                     and not any(name in state.relative for name in fixed)
                 ):
-                    state.pending[number] = trial.datetime_start or datetime.now()
+                    state.pending.setdefault(number, trial.datetime_start or datetime.now())
                 else:
                     state.pending.pop(number, None)
 

@@ -732,7 +732,7 @@ def test_four_processes_seldom_run_a_candidate_twice(tmp_path):
 
 @pytest.mark.slow
 def test_many_processes_share_one_sqlite_storage(tmp_path):
-    assert _share_sqlite_between_processes(tmp_path, workers=4, trials=150) < 0.05
+    assert _share_sqlite_between_processes(tmp_path, workers=4, trials=100) < 0.05
 
 
 # -- examples and benchmarks at their quick size -------------------------------------------------
