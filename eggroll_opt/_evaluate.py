@@ -53,7 +53,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._backend import to_numpy
+from ._backend import host_values, is_cupy_array, to_numpy
 from ._executors import Broadcast, FailureKind, RemoteExecutor, _resolve_executor
 from ._population import Population
 from ._tree import flatten, unflatten
@@ -279,7 +279,7 @@ def _evaluate_here(
                 f"vectorised fitness_fn raised {type(error).__name__}: {error}"
             ) from error
         try:
-            values = np.asarray(to_numpy(raw), dtype=np.float64)
+            values = np.asarray(host_values(raw), dtype=np.float64)
         except (TypeError, ValueError) as error:
             raise TypeError(
                 f"vectorised `fitness_fn` must return {size} real numbers, got {error}"
@@ -299,6 +299,7 @@ def _evaluate_here(
     values = np.full(size, math.nan)
     attempts = np.zeros(size, dtype=np.int64)
     failures: dict[int, MemberFailure] = {}
+    on_device: dict[int, Any] = {}  # fitness values a member returned as device scalars
     for member in population:
         index = member.index
         if timeout is not None and time.perf_counter() - start > timeout:
@@ -313,11 +314,16 @@ def _evaluate_here(
             _, message, text, kept = _describe(error, keep=True)
             failures[index] = MemberFailure(index, "raised", message, text, kept, 1)
             continue
+        if is_cupy_array(value) and value.size == 1 and value.dtype.kind in "biuf":
+            on_device[index] = value  # read back with the others, in one transfer
+            continue
         fitness, problem = _as_fitness(value)
         if problem is None:
             values[index] = fitness
         else:
             failures[index] = MemberFailure(index, "invalid", problem, attempts=1)
+    if on_device:
+        values[list(on_device)] = host_values([v.reshape(()) for v in on_device.values()])
     return Evaluation(
         generation=population.generation,
         fitness=values,
