@@ -62,7 +62,10 @@ class GenerationStats:
     Fitness values are in the user's own terms (not negated), over members whose fitness was
     not NaN; ``best_index`` is the member with the best fitness. ``sigma`` holds the σ of every
     searched leaf that this generation was sampled with (row, column and entry scales, where an
-    adaptation learns them, are in :attr:`Eggroll.noise_scales`).
+    adaptation learns them, are in :attr:`Eggroll.noise_scales`). ``gradient_norm`` is the
+    Euclidean norm of the search gradient over all leaves, computed without overflow in the
+    squares; it is ``inf`` only when the norm itself exceeds the float64 range (raw fitness
+    near 1e308), a step ``tell`` still takes when the new mean stays finite.
     """
 
     generation: int
