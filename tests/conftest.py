@@ -1,11 +1,34 @@
-"""Shared fixtures: every numeric test runs on each available backend."""
+"""Shared fixtures: every numeric test runs on each available backend.
+
+With ``EGGROLL_STRICT_CUPY=1`` in the environment, ``import cupy`` loads the strict CuPy
+stand-in in ``tests/strict_cupy`` (here and in the processes the tests start), so the
+``"cupy"`` backend and ``"auto"`` run on it without a GPU; see ``docs/gpu.md``.
+"""
 
 from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from eggroll_opt._backend import Backend, cupy_available, get_backend
+
+STRICT_CUPY = os.environ.get("EGGROLL_STRICT_CUPY") == "1"
+STANDIN_PATH = str(Path(__file__).resolve().parent / "strict_cupy")
+if STRICT_CUPY:
+    sys.path.insert(0, STANDIN_PATH)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        part for part in (STANDIN_PATH, os.environ.get("PYTHONPATH")) if part
+    )
+
+
+def pytest_report_header() -> str | None:
+    """Say so when CuPy is the stand-in."""
+    return f"cupy: the strict stand-in in {STANDIN_PATH}" if STRICT_CUPY else None
+
 
 _BACKENDS = [
     "numpy",
