@@ -445,6 +445,15 @@ class Eggroll:
         return self._backend.name
 
     @property
+    def xp(self) -> Any:
+        """The array module the strategy computes with: ``numpy``, or ``cupy`` on a GPU.
+
+        Move a fitness function's data there once (``es.xp.asarray(x)``) so that vectorised
+        fitness never mixes host and device arrays.
+        """
+        return self._backend.xp
+
+    @property
     def noise_kinds(self) -> dict[str, str]:
         """The noise kind of every leaf, by path."""
         return {path: leaf.kind for path, leaf in self._leaves.items()}

@@ -40,11 +40,13 @@ def main(argv: list[str] | None = None) -> float:
         "out": np.zeros((4, width), np.float32),
     }
     es = eo.Eggroll(student, popsize=args.popsize, sigma=0.05, learning_rate=0.003, seed=0)
+    xp = es.xp  # NumPy, or CuPy on a GPU: the data moves there once
+    x_device, y_device = xp.asarray(x), xp.asarray(y, dtype=np.float32)
 
     def losses(pop: eo.Population) -> np.ndarray:
-        hidden = np.tanh(pop.linear("hidden", x))  # shared input: (N, batch, width)
+        hidden = xp.tanh(pop.linear("hidden", x_device))  # shared input: (N, batch, width)
         prediction = pop.linear("out", hidden)  # per-member input: (N, batch, 4)
-        return eo.to_numpy(((prediction - y) ** 2).mean(axis=(1, 2)))
+        return eo.to_numpy(((prediction - y_device) ** 2).mean(axis=(1, 2)))
 
     start = time.perf_counter()
     initial = float(np.mean(y**2))
