@@ -217,9 +217,9 @@ class _ThreadPool(RemoteExecutor):
             item = self._queue.get()
             if item is None:
                 return
-            if not item.future.set_running_or_notify_cancel():
-                continue
-            with self._lock:
+            with self._lock:  # with abandon(): a future is either cancelled or known to run here
+                if not item.future.set_running_or_notify_cancel():
+                    continue
                 self._running[item.future] = me
             try:
                 result = item.fn(*item.args, **item.kwargs)
@@ -327,6 +327,7 @@ class ProcessPool(RemoteExecutor):
     _wake_pending: bool
     _manager: threading.Thread | None
     _closed: bool
+    _exiting: bool
     _bytes_sent: int
 
     def __init__(self, max_workers: int | None = None, *, mp_context: Any = None) -> None:
@@ -346,6 +347,7 @@ class ProcessPool(RemoteExecutor):
         self._wake_pending = False
         self._manager = None
         self._closed = False
+        self._exiting = False  # the interpreter is exiting: start no process, end them all
         self.restarts = 0
         self._bytes_sent = 0  # task bytes written to the workers' pipes
         _POOLS.add(self)
@@ -473,9 +475,12 @@ class ProcessPool(RemoteExecutor):
             self._wake_pending = False
 
     def _start_worker(self) -> None:
+        with self._lock:
+            if self._exiting:
+                return
         parent, child = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_serve, args=(child,), name="eggroll-worker", daemon=False
+            target=_serve, args=(child, parent), name="eggroll-worker", daemon=False
         )
         process.start()
         child.close()
@@ -484,6 +489,9 @@ class ProcessPool(RemoteExecutor):
             if self._to_replace:
                 self._to_replace -= 1
                 self.restarts += 1
+            exiting = self._exiting
+        if exiting:  # started while the interpreter began to exit: _kill_all() missed it
+            _kill(process)
 
     def _assign(self) -> list[tuple[_PoolWorker, _WorkItem]]:
         assignments = []
@@ -530,9 +538,13 @@ class ProcessPool(RemoteExecutor):
         try:
             if not worker.connection.poll():
                 return
-            ok, value = pickle.loads(worker.connection.recv_bytes())
+            data = worker.connection.recv_bytes()
         except (EOFError, OSError):
             return  # the process ended; _lost() follows from its sentinel
+        try:
+            ok, value = pickle.loads(data)
+        except Exception as error:  # e.g. a result whose class this process cannot import
+            ok, value = False, RuntimeError(f"cannot read the task's outcome: {error!r}")
         with self._lock:
             item, worker.task = worker.task, None
         if item is not None:
@@ -582,6 +594,7 @@ class ProcessPool(RemoteExecutor):
     def _kill_all(self) -> None:
         """At interpreter exit: end the workers at once (tasks still running are dropped)."""
         with self._lock:
+            self._exiting = True
             workers = list(self._workers)
         for worker in workers:
             _kill(worker.process)
@@ -599,8 +612,13 @@ def _exit_description(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def _serve(connection: mp_connection.Connection) -> None:
-    """A :class:`ProcessPool` worker: run one task at a time until an empty message arrives."""
+def _serve(connection: mp_connection.Connection, pool_end: mp_connection.Connection) -> None:
+    """A :class:`ProcessPool` worker: run one task at a time until an empty message arrives.
+
+    The pool's end of the pipe is closed here, so that the worker reads end-of-file and exits
+    when the pool's process is gone, however it ended (a forked worker inherits that end).
+    """
+    pool_end.close()
     _JOBS.clear()  # payloads inherited through fork were not sent by the pool
     while True:
         try:

@@ -289,7 +289,7 @@ print("returned", sorted({f.reason for f in result.failures.values()}),
 """
     start = time.perf_counter()
     completed = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "returned ['timeout']" in completed.stdout
@@ -297,6 +297,38 @@ print("returned", sorted({f.reason for f in result.failures.values()}),
     returned_after = float(completed.stdout.split("after ")[1].split(" s")[0])
     assert returned_after < 3.0
     assert time.perf_counter() - start < 60
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_process_pool_workers_end_with_their_pool_process(tmp_path):
+    """A pool's process killed outright (no exit handler runs): its workers exit too, instead of
+    waiting forever on a pipe whose other end they hold themselves."""
+    pid_file = tmp_path / "pids"
+    script = f"""
+import os, signal, eggroll_opt as eo
+pool = eo.ProcessPool(2)
+futures = [pool.submit(pow, 2, 3) for _ in range(4)]
+assert [f.result() for f in futures] == [8] * 4
+open({str(pid_file)!r}, "w").write(" ".join(map(str, pool.pids)))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    subprocess.run([sys.executable, "-c", script], stdout=subprocess.DEVNULL, timeout=60, cwd=ROOT)
+    workers = [int(pid) for pid in pid_file.read_text().split()]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 10
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphans = [pid for pid in workers if _alive(pid)]
+    for pid in orphans:  # leave nothing behind
+        os.kill(pid, signal.SIGKILL)
+    assert orphans == []
 
 
 def test_in_process_deadline_marks_unstarted_members():

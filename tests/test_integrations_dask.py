@@ -8,8 +8,10 @@ Tests that kill workers wait for the nanny to bring them back before returning.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import importlib.util
 import logging
+import math
 import os
 import re
 import signal
@@ -25,7 +27,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
 
-from eggroll_opt.integrations.dask import DaskExecutor  # noqa: E402
+from eggroll_opt.integrations.dask import DaskExecutor, NoWorkersError  # noqa: E402
 
 import eggroll_opt as eo  # noqa: E402
 from eggroll_opt._worker import _Payload, _run_chunk  # noqa: E402
@@ -35,6 +37,7 @@ from .test_evaluate import (  # noqa: E402
     make_strategy,
     marker_of,
     reference,
+    rerun_members,
     slow_sphere,
     sphere,
 )
@@ -181,6 +184,10 @@ def test_it_is_an_executor(client, executor):
         executor.submit(pow, 2, 2)
     with pytest.raises(TypeError, match=r"`client` must be a distributed\.Client, got int"):
         DaskExecutor(3)
+    assert DaskExecutor(client).worker_wait == 60.0
+    for wrong in (0, -1.0, "1", True):
+        with pytest.raises(ValueError, match=rf"`worker_wait` must be .* got {wrong!r}"):
+            DaskExecutor(client, worker_wait=wrong)
 
 
 def test_docstring_examples():
@@ -250,12 +257,23 @@ def _poison_run(executor, max_retries):
     return result, reference(pop)
 
 
+def _assert_only_the_dead_chunk_reran(result):
+    """A worker killed while both run their chunk of 32: its chunk, and nothing else, runs again."""
+    rerun = rerun_members(result)
+    print(
+        f"Dask, one worker killed: {len(rerun)} of 64 members re-run, {result.tasks} tasks, "
+        f"{result.lost_tasks} lost"
+    )
+    assert result.lost_tasks == 1
+    assert rerun in (list(range(0, 32)), list(range(32, 64)))
+
+
 def test_a_worker_killed_mid_generation_loses_nothing(client, executor):
     result, expected = _kill_run(client, executor)
     np.testing.assert_array_equal(result.fitness, expected)
     assert result.failures == {} and result.duplicates == 0
-    assert result.lost_tasks >= 1 and result.attempts.max() >= 2
     assert _accounting(result, expected) == (0, 0, 0)
+    _assert_only_the_dead_chunk_reran(result)
 
 
 def test_a_poison_member_is_isolated(executor):
@@ -320,9 +338,120 @@ def test_faults_repeated(client, executor, repeat):
         f"{poisoned.failures[5].attempts if 5 in poisoned.failures else None}, "
         f"{poisoned.seconds:.1f} s)"
     )
-    assert kill_counts == (0, 0, 0) and result.lost_tasks >= 1
+    assert kill_counts == (0, 0, 0)
+    _assert_only_the_dead_chunk_reran(result)
     assert poison_counts == (0, 0, 0) and poisoned.failed == [5]
     assert poisoned.failures[5].attempts == 2 + 2  # chunk, parallel single, alone twice
+
+
+# -- a cluster without workers -----------------------------------------------------------------
+
+
+@pytest.fixture
+def lone_worker():
+    """A cluster of one in-process worker (it starts in milliseconds), for tests that empty it."""
+    cluster = distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.CRITICAL,
+    )
+    dask_client = distributed.Client(cluster)
+    try:
+        yield cluster, dask_client
+    finally:
+        dask_client.close(timeout=30)
+        cluster.close(timeout=30)
+
+
+def test_an_empty_cluster_fails_clearly(lone_worker):
+    """Every worker gone and none coming back: NoWorkersError after `worker_wait`, with or
+    without a deadline (before: no deadline waited forever, a deadline failed every member as
+    "timeout", generation after generation)."""
+    cluster, client = lone_worker
+    executor = DaskExecutor(client, worker_wait=1.0)
+    pop = make_strategy().ask()
+    slow = KeyedFitness(math.nan, "everyone-sleeps", seconds=0.1)  # 1.6 s for the population
+    try:
+        stopper = threading.Timer(0.5, cluster.scale, (0,))
+        stopper.start()
+        start = time.perf_counter()
+        with pytest.raises(NoWorkersError, match=r"no workers for [0-9.]+ s \(`worker_wait`=1\)"):
+            eo.evaluate(pop, slow, executor)  # the worker goes away mid-generation
+        mid_generation = time.perf_counter() - start
+        stopper.join()
+        start = time.perf_counter()
+        with pytest.raises(eo.EvaluationError, match="no workers"):  # NoWorkersError is one
+            eo.optimize(make_strategy(), slow, 3, executor=executor, timeout=30, progress=False)
+        at_start = time.perf_counter() - start
+        print(f"NoWorkersError {mid_generation:.1f} s into the call, {at_start:.1f} s at start")
+        assert mid_generation < 10 and at_start < 10
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _kill_workers_for(cluster, seconds, killed):
+    """SIGKILL every worker process that is up, again and again, for ``seconds``."""
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        for nanny in list(cluster.workers.values()):
+            pid = getattr(nanny, "pid", None)
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_repeated_kills_with_default_settings_finish_or_fail_clearly():
+    """Default Dask settings (`allowed-failures` 3, `lost-worker-timeout` 15 s), workers killed
+    every 0.5 s for 20 s: optimize either finishes or raises an EvaluationError that says why,
+    within the kills plus `worker_wait` (60 s) plus a margin; it never stalls."""
+    cluster = distributed.LocalCluster(
+        n_workers=WORKERS,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.CRITICAL,
+    )
+    dask_client = distributed.Client(cluster)
+    killed = []
+    killer = threading.Thread(target=_kill_workers_for, args=(cluster, 20, killed), daemon=True)
+    outcome = "finished"
+    start = time.perf_counter()
+    try:
+        executor = DaskExecutor(dask_client)
+        stop_at = time.monotonic() + 30
+
+        def after_the_kills(report):
+            return time.monotonic() > stop_at
+
+        killer.start()
+        try:
+            result = eo.optimize(
+                make_strategy(),
+                slow_sphere,
+                10_000,
+                executor=executor,
+                callbacks=[after_the_kills],
+                progress=False,
+            )
+            outcome = f"finished: {result.generations} generations, {result.num_failed} failed"
+        except eo.EvaluationError as error:
+            outcome = f"{type(error).__name__}: {error}"
+            assert "no workers" in str(error) or "members failed" in str(error)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+        elapsed = time.perf_counter() - start
+        print(f"{len(killed)} kills; after {elapsed:.0f} s: {outcome[:300]}")
+        assert killed and elapsed < 20 + 60 + 60
+    finally:
+        killer.join()
+        dask_client.close(timeout=30)
+        cluster.close(timeout=30)
 
 
 # -- the example -------------------------------------------------------------------------------
