@@ -369,6 +369,7 @@ class ProcessPool(RemoteExecutor):
 
     # -- the Executor interface ---------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Queue ``fn(*args, **kwargs)`` for a worker process; returns its future."""
         future: Future[Any] = Future()
         with self._lock:
             if self._closed:
