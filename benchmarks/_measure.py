@@ -1,7 +1,8 @@
-"""Timing and memory helpers shared by the benchmarks: medians of repeats, peak memory, threads."""
+"""Helpers shared by the benchmarks: medians of repeats, peak memory, threads, report files."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -97,3 +98,12 @@ def describe(info: dict[str, Any]) -> str:
         f"{info['cpus']} CPUs ({info['machine']}), Python {info['python']}, NumPy "
         f"{info['numpy']}, BLAS: {blas}; {threads}"
     )
+
+
+def write_report(folder: str, name: str, text: str, data: Any) -> None:
+    """Write ``<name>.md`` (the table) and ``<name>.json`` (the data) into ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{name}.md"), "w") as file:
+        file.write(text + "\n")
+    with open(os.path.join(folder, f"{name}.json"), "w") as file:
+        json.dump(data, file, indent=2)

@@ -14,8 +14,6 @@ Run ``python -m benchmarks.core [--backend numpy|cupy] [--quick] [--out DIR]``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from functools import partial
 from typing import Any
@@ -25,7 +23,7 @@ import numpy as np
 import eggroll_opt as eo
 from eggroll_opt._backend import get_backend
 
-from ._measure import describe, machine, peak_bytes, synchronize, time_call
+from ._measure import describe, machine, peak_bytes, synchronize, time_call, write_report
 
 MB = 2**20
 
@@ -233,11 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(result)
     print(text)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "core.md"), "w") as file:
-            file.write(text + "\n")
-        with open(os.path.join(args.out, "core.json"), "w") as file:
-            json.dump(result, file, indent=2)
+        write_report(args.out, "core", text, result)
     return 0
 
 

@@ -25,8 +25,6 @@ Run ``python -m benchmarks.optuna_overhead [--quick] [--window N] [--max-seconds
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 import warnings
@@ -35,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ._measure import machine
+from ._measure import machine, write_report
 
 SAMPLERS = ("eggroll", "tpe", "cmaes", "random")
 ENTRY_POINTS = (
@@ -230,11 +228,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     text = markdown(results, marks)
     print(text)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "optuna_overhead.md"), "w") as file:
-            file.write(text + "\n")
-        with open(os.path.join(args.out, "optuna_overhead.json"), "w") as file:
-            json.dump({"results": results, "machine": machine()}, file, indent=2)
+        write_report(args.out, "optuna_overhead", text, {"results": results, "machine": machine()})
     return results
 
 

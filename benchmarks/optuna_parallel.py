@@ -18,8 +18,6 @@ Run ``python -m benchmarks.optuna_parallel [--workers 4] [--trials 50] [--second
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._measure import machine
+from ._measure import machine, write_report
 
 if TYPE_CHECKING:
     import optuna
@@ -152,11 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     text = markdown(results)
     print(text)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "optuna_parallel.md"), "w") as file:
-            file.write(text + "\n")
-        with open(os.path.join(args.out, "optuna_parallel.json"), "w") as file:
-            json.dump({"results": results, "machine": machine()}, file, indent=2)
+        write_report(args.out, "optuna_parallel", text, {"results": results, "machine": machine()})
     return results
 
 
