@@ -11,13 +11,15 @@ this, :func:`~eggroll_opt.optimize`, in ``_optimize.py``; this module knows noth
 What travels (an executor other than in-process):
 
 * once per generation, a *broadcast*: the base parameters as host (NumPy) arrays, the fitness
-  function and one template :class:`~eggroll_opt.MemberSpec`; a process pool or Dask delivers it
-  once per worker; threads share it;
+  function, one template :class:`~eggroll_opt.MemberSpec` and the backend members are rebuilt
+  with (``worker_backend``); a process pool or Dask delivers it once per worker; threads share
+  it;
 * per task, a chunk of member indices (a ``range`` for the contiguous chunks of a generation);
 * back, one float per member plus a short record per failed member.
 
-Each worker copies the base once per generation (aligned, writable, C-ordered) and rebuilds its
-members from it, generating each leaf's noise once per block of members.
+Each worker copies the base once per generation (aligned, writable, C-ordered host arrays, or one
+device copy per leaf with ``worker_backend="cupy"``) and rebuilds its members from it, generating
+each leaf's noise once per block of members.
 
 Accounting (every executor): a member's fitness is recorded at most once per generation (the
 first result wins, later ones are counted in :attr:`Evaluation.duplicates` and ignored). A task
@@ -61,6 +63,7 @@ from ._worker import _as_fitness, _ChunkResult, _describe, _Payload, _run_chunk
 
 FailureReason = Literal["raised", "invalid", "worker_lost", "data_lost", "timeout"]
 FAILURE_POLICIES = ("worst", "raise")
+WORKER_BACKENDS = ("numpy", "cupy", "auto")
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -170,6 +173,27 @@ def _check_timeout(timeout: Any) -> float | None:
     return seconds
 
 
+def _check_worker_backend(worker_backend: Any, executor: Any) -> str:
+    """The backend workers rebuild members with (``"numpy"`` when ``worker_backend`` is None).
+
+    Raises:
+        ValueError: for an unknown name, or a backend given without an executor (in process,
+            members are on the strategy's backend).
+    """
+    if worker_backend is None:
+        return "numpy"
+    if not isinstance(worker_backend, str) or worker_backend not in WORKER_BACKENDS:
+        raise ValueError(
+            f"`worker_backend` must be None or one of {WORKER_BACKENDS}, got {worker_backend!r}."
+        )
+    if executor is None:
+        raise ValueError(
+            f"`worker_backend`={worker_backend!r} applies to an executor's workers; without "
+            "`executor` members are rebuilt in this process on the strategy's backend."
+        )
+    return worker_backend
+
+
 def evaluate(
     population: Population,
     fitness_fn: Callable[[Any], Any],
@@ -179,6 +203,7 @@ def evaluate(
     timeout: float | None = None,
     max_retries: int = 2,
     chunks_per_worker: int = 1,
+    worker_backend: str | None = None,
 ) -> Evaluation:
     """Give every member of ``population`` one fitness value or one recorded failure.
 
@@ -191,7 +216,7 @@ def evaluate(
             ``"processes"`` (a pool made for this call; pass an executor to reuse one), any
             :class:`concurrent.futures.Executor`, or a :class:`RemoteExecutor`
             (:class:`ProcessPool`, ``eggroll_opt.integrations.dask.DaskExecutor``). Executors
-            get host (NumPy) arrays.
+            get host (NumPy) arrays unless ``worker_backend`` says otherwise.
         vectorized: ``fitness_fn`` takes the population (in process only).
         timeout: seconds; the call returns by then (plus the time to collect what finished),
             and members without a result fail with reason ``"timeout"``. What happens to a
@@ -213,6 +238,15 @@ def evaluate(
         max_retries: how often a member whose worker died while it ran alone is run again.
         chunks_per_worker: tasks per worker per generation (1 sends the base parameters once per
             worker; more balance uneven fitness costs).
+        worker_backend: the array library an executor's workers rebuild members with, whatever
+            the strategy's backend: ``None`` (default) or ``"numpy"``: host arrays; ``"cupy"``:
+            each worker copies the base to its GPU once per generation, generates the noise
+            there and hands ``fitness_fn`` CuPy arrays (CuPy scalars it returns are read back
+            once per task); ``"auto"``: CuPy on workers that have a GPU, NumPy on the others.
+            The base travels as host arrays either way. The default is NumPy for threads too,
+            although they share this process's GPU: a fitness function run on an executor
+            then receives NumPy arrays whatever backend ``"auto"`` resolved to (pass
+            ``"cupy"`` to rebuild members on the shared GPU). Only with an executor.
 
     Returns:
         An :class:`Evaluation`: ``fitness`` (NaN for failed members) and ``failures``.
@@ -252,11 +286,20 @@ def evaluate(
             f"`vectorized`=True evaluates the whole population in this process; it cannot be "
             f"combined with `executor`={executor!r}."
         )
+    backend = _check_worker_backend(worker_backend, executor)
     remote, owned = _resolve_executor(executor)
     if remote is None:
         return _evaluate_here(population, fitness_fn, bool(vectorized), deadline_seconds)
     try:
-        run = _Run(population, fitness_fn, remote, deadline_seconds, max_retries, chunks_per_worker)
+        run = _Run(
+            population,
+            fitness_fn,
+            remote,
+            deadline_seconds,
+            max_retries,
+            chunks_per_worker,
+            backend,
+        )
         return run.execute()
     finally:
         if owned:
@@ -397,6 +440,7 @@ class _Run:
         timeout: float | None,
         max_retries: int,
         chunks_per_worker: int,
+        worker_backend: str = "numpy",
     ) -> None:
         self.population = population
         self.executor = executor
@@ -410,6 +454,7 @@ class _Run:
             template=population.spec(0),
             fitness_fn=fitness_fn,
             base=_host_tree(population.base),
+            backend=worker_backend,
         )
         self.ledger = _Ledger.empty(self.size)
         self.pending: dict[Future[Any], _Task] = {}

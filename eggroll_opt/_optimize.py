@@ -25,6 +25,7 @@ from ._evaluate import (
     EvaluationError,
     _check_int,
     _check_timeout,
+    _check_worker_backend,
     evaluate,
 )
 from ._executors import _resolve_executor
@@ -125,6 +126,7 @@ def optimize(
     max_retries: int = 2,
     failure_policy: str = "worst",
     chunks_per_worker: int = 1,
+    worker_backend: str | None = None,
     restarts: int = 0,
     restart_patience: int | None = None,
     restart_popsize_factor: float = 2.0,
@@ -153,6 +155,8 @@ def optimize(
             ``"raise"``: any failed member stops the run with :class:`EvaluationError`.
             A generation in which every member failed always raises.
         chunks_per_worker: see :func:`evaluate`.
+        worker_backend: the backend an executor's workers rebuild members with; see
+            :func:`evaluate`.
         restarts: how many times the run may restart when it stagnates (IPOP-style): after
             ``restart_patience`` generations without a better member since the last (re)start,
             ``strategy.restart`` starts again from the best member seen, with σ and the
@@ -207,6 +211,7 @@ def optimize(
     _check_timeout(timeout)
     _check_int("max_retries", max_retries, 0)
     _check_int("chunks_per_worker", chunks_per_worker, 1)
+    _check_worker_backend(worker_backend, executor)
     restarts = _check_int("restarts", restarts, 0)
     if restart_patience is None:
         restart_patience = min(200, 10 + math.ceil(30 * strategy.num_params / strategy.popsize))
@@ -246,6 +251,7 @@ def optimize(
                 timeout=timeout,
                 max_retries=max_retries,
                 chunks_per_worker=chunks_per_worker,
+                worker_backend=worker_backend,
             )
             num_failed += evaluation.num_failed
             if evaluation.num_failed == len(population) or (

@@ -1,11 +1,13 @@
 """The worker side of an evaluation: what travels to a worker, and the task a worker runs.
 
 A generation's *payload* (:class:`_Payload`: base parameters as host arrays, the fitness
-function, one template :class:`~eggroll_opt.MemberSpec`) reaches a worker once, by whatever
-means its executor chooses (shared in threads, pickled for processes, a Dask task); the worker
-opens it once per generation into a :class:`_Job` (aligned copies of the base, the member
-rebuilder) and then runs :func:`_run_chunk` on chunks of member indices. Nothing here knows of
-executors or of the accounting in ``_evaluate.py``; both import this module.
+function, one template :class:`~eggroll_opt.MemberSpec`, the name of the backend members are
+rebuilt with) reaches a worker once, by whatever means its executor chooses (shared in threads,
+pickled for processes, a Dask task); the worker opens it once per generation into a
+:class:`_Job` (the base on the worker's backend: aligned host copies for NumPy, one device copy
+per leaf for CuPy; the member rebuilder) and then runs :func:`_run_chunk` on chunks of member
+indices. Nothing here knows of executors or of the accounting in ``_evaluate.py``; both import
+this module.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import Backend, to_numpy
+from ._backend import Backend, get_backend, host_values, is_cupy_array, to_numpy
 from ._population import MemberSpec, _perturbed, leaf_noise, scale_noise
 from ._tree import flatten, unflatten
 
@@ -35,12 +37,15 @@ _BLOCK_NORMALS = 1 << 22
 
 @dataclass(frozen=True)
 class _Payload:
-    """The generation's broadcast: base parameters (host arrays), fitness function, template."""
+    """The generation's broadcast: base parameters (host arrays), fitness function, template,
+    and the backend a worker rebuilds members with (``"numpy"``, ``"cupy"`` or ``"auto"``,
+    resolved on the worker)."""
 
     token: str
     template: MemberSpec
     fitness_fn: Callable[[Any], Any]
     base: dict[str, Any]
+    backend: str = "numpy"
 
 
 @dataclass(frozen=True)
@@ -73,9 +78,9 @@ def _dumps(fitness_fn: Any, value: Any) -> bytes:
 
 
 class _Job:
-    """A payload opened on a worker: aligned base arrays and the member rebuilder."""
+    """A payload opened on a worker: the base on the worker's backend, the member rebuilder."""
 
-    def __init__(self, payload: _Payload, base: dict[str, Any]) -> None:
+    def __init__(self, payload: _Payload, base: dict[str, Any], backend: Backend) -> None:
         self.token = payload.token
         self.template = payload.template
         self.fitness_fn = payload.fitness_fn
@@ -84,15 +89,41 @@ class _Job:
         self.stopped = False  # set when the generation is over: chunks still running stop early
         template = payload.template
         self._numbers_per_draw = max(1, sum(leaf.noise_size() for leaf in template.leaves))
-        self._backend = Backend("numpy", np)
+        self._backend = backend
+        # Noise scales (host arrays in the template) on the backend, moved once per generation.
+        self._scales = tuple(
+            _on_backend(backend, template.leaf_scales(slot)) for slot in range(len(template.leaves))
+        )
+
+    @property
+    def backend(self) -> str:
+        """``"numpy"`` or ``"cupy"``: the array library members are rebuilt with."""
+        return self._backend.name
 
     @classmethod
     def prepare(cls, payload: _Payload, *, copy: bool = True) -> _Job:
-        """Open ``payload``; ``copy`` makes one aligned, writable copy of every base array."""
+        """Open ``payload`` on its backend, resolved here (on the worker).
+
+        NumPy: ``copy`` makes one aligned, writable copy of every base array (threads share
+        the caller's arrays, ``copy=False``). CuPy: every base array is copied to the device,
+        once per generation, whatever ``copy`` says.
+
+        Raises:
+            ValueError: if the payload asks for ``"cupy"`` where CuPy or a GPU is missing.
+        """
+        try:
+            backend = get_backend(payload.backend)
+        except ValueError as error:
+            raise ValueError(
+                f"`worker_backend`={payload.backend!r} cannot be used on worker "
+                f"{_worker_id()}: {error}"
+            ) from None
         flat = flatten(payload.base, "base")
-        if copy:
+        if backend.name != "numpy":
+            flat = {path: backend.asarray(value) for path, value in flat.items()}
+        elif copy:
             flat = {path: np.array(value, order="C", copy=True) for path, value in flat.items()}
-        job = cls(payload, flat)
+        job = cls(payload, flat, backend)
         job.local = not copy
         return job
 
@@ -130,7 +161,7 @@ class _Job:
                         first_draw,
                         count,
                     ),
-                    template.leaf_scales(slot),
+                    self._scales[slot],
                 )
                 for slot, leaf in enumerate(template.leaves)
                 if leaf.kind != "frozen"
@@ -156,6 +187,15 @@ class _Job:
                     )
                 yield index, unflatten(values)
             position = stop
+
+
+def _on_backend(backend: Backend, scales: Any) -> Any:
+    """A leaf's noise scales (None, ``(rows, columns)`` or an array) on ``backend``."""
+    if scales is None or backend.name == "numpy":
+        return scales
+    if isinstance(scales, tuple):
+        return tuple(backend.asarray(part) for part in scales)
+    return backend.asarray(scales)
 
 
 _JOBS: collections.OrderedDict[str, _Job] = collections.OrderedDict()
@@ -227,14 +267,16 @@ def _run_chunk(handle: Any, indices: Sequence[int]) -> _ChunkResult:
     """The task a worker runs: rebuild each member of the chunk and call the fitness function.
 
     A fitness function that raises (``Exception`` or ``SystemExit``) or returns something that
-    is not one real number fails its own member only. A chunk whose generation is over (its
-    job was stopped: threads past a deadline) stops before its next member and reports only the
+    is not one real number fails its own member only. Values returned as CuPy scalars are read
+    back together, in one transfer per chunk. A chunk whose generation is over (its job was
+    stopped: threads past a deadline) stops before its next member and reports only the
     members it ran.
     """
     job = _open(handle)
     indices = tuple(indices)
     values = np.full(len(indices), math.nan)
     failures: dict[int, tuple[str, str, str, BaseException | None]] = {}
+    on_device: dict[int, Any] = {}  # position: a fitness value returned as a device scalar
     start = time.perf_counter()
     ran = 0
     for position, (index, params) in enumerate(job.members(indices)):
@@ -246,11 +288,16 @@ def _run_chunk(handle: Any, indices: Sequence[int]) -> _ChunkResult:
         except (Exception, SystemExit) as error:
             failures[index] = _describe(error, job.local)
             continue
+        if is_cupy_array(value) and value.size == 1 and value.dtype.kind in "biuf":
+            on_device[position] = value.reshape(())
+            continue
         fitness, problem = _as_fitness(value)
         if problem is None:
             values[position] = fitness
         else:
             failures[index] = ("invalid", problem, "", None)
+    if on_device:
+        values[list(on_device)] = host_values(list(on_device.values()))
     worker = _worker_id(threading.current_thread().name if job.local else None)
     busy = time.perf_counter() - start
     return _ChunkResult(job.token, indices[:ran], values[:ran], failures, worker, busy)

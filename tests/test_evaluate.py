@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import importlib
 import math
 import multiprocessing
 import os
@@ -24,6 +25,8 @@ import numpy as np
 import pytest
 
 import eggroll_opt as eo
+import eggroll_opt._worker as worker_module
+from eggroll_opt._backend import is_cupy_array
 from eggroll_opt._worker import _JOBS, _Job, _open, _Packed, _Payload, _run_chunk
 
 from .conftest import make_backend
@@ -222,6 +225,10 @@ def test_argument_errors_name_the_argument():
         eo.evaluate(pop, sphere, Client())
     with pytest.raises(ValueError, match="`max_workers` must be at least 1, got 0"):
         eo.ProcessPool(0)
+    with pytest.raises(ValueError, match=r"`worker_backend` must be None or one of .*'gpu'"):
+        eo.evaluate(pop, sphere, "threads", worker_backend="gpu")
+    with pytest.raises(ValueError, match=r"`worker_backend`='numpy' applies to an executor"):
+        eo.evaluate(pop, sphere, worker_backend="numpy")
 
 
 def test_threads_deadline_bounds_the_call():
@@ -371,6 +378,92 @@ def test_every_backend_sends_host_arrays(backend, threads):
     np.testing.assert_allclose(
         result.fitness, [sphere(eo.to_numpy(m.params())) for m in pop], rtol=1e-5
     )
+
+
+def device_sphere(params):
+    """:func:`sphere` on CuPy members, returned as a device scalar; refuses host members."""
+    cupy = importlib.import_module("cupy")
+    leaves = list(_leaves(params))
+    host = [type(leaf).__name__ for leaf in leaves if not is_cupy_array(leaf)]
+    if host:
+        raise TypeError(f"members rebuilt on the host: {host}")
+    return sum(cupy.sum(cupy.asarray(leaf, dtype=cupy.float64) ** 2) for leaf in leaves)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy_backend", ["numpy", "cupy"])
+def test_cupy_workers_rebuild_members_on_the_device(pool, threads, strategy_backend):
+    """``worker_backend="cupy"``: threads and worker processes hand the fitness CuPy members,
+    whatever the strategy's backend, with the values of the in-process evaluation (bit for bit
+    from a CuPy strategy: the same generator on the same device; to rounding from a NumPy one,
+    whose generator is NumPy's own)."""
+    make_backend("cupy")  # skips without CuPy
+    es = make_strategy(popsize=12, backend=strategy_backend, sigma_adaptation="auto")
+    es.ask()
+    es.tell(np.arange(12.0))  # learned noise scales travel in the template
+    pop = es.ask()
+    assert pop.spec(0).scales is not None
+    expected = [float(sphere(eo.to_numpy(member.params()))) for member in pop]
+    for executor in (threads, pool):
+        result = eo.evaluate(pop, device_sphere, executor, worker_backend="cupy", timeout=60)
+        assert result.failures == {}
+        if strategy_backend == "cupy":
+            here = [float(device_sphere(member.params())) for member in pop]
+            np.testing.assert_array_equal(result.fitness, here)
+        np.testing.assert_allclose(result.fitness, expected, rtol=1e-6)
+    numpy_members = eo.evaluate(pop, sphere, threads, worker_backend="numpy", timeout=60)
+    np.testing.assert_allclose(numpy_members.fitness, expected, rtol=1e-6)
+
+
+@pytest.mark.gpu
+def test_cupy_workers_copy_the_base_to_the_device_once_per_generation(threads):
+    """Device work that does not grow with the population: the base and its noise scales reach
+    the device once per generation (one copy per array), and each task's device fitness values
+    come back in one transfer. Counted by the strict stand-in's audit (on real CuPy only the
+    values are checked)."""
+    make_backend("cupy")
+    cupy = importlib.import_module("cupy")
+    audit = getattr(cupy, "_audit", None)
+    counts = {}
+    for popsize in (8, 32):
+        es = make_strategy(popsize=popsize, backend="cupy", sigma_adaptation="auto")
+        es.ask()
+        es.tell(np.arange(float(popsize)))
+        pop = es.ask()
+        if audit is not None:
+            audit.reset()
+        result = eo.evaluate(pop, device_sphere, threads, worker_backend="cupy", timeout=60)
+        assert result.failures == {} and result.tasks == 4
+        if audit is not None:
+            counts[popsize] = (audit.host_to_device, audit.syncs)
+        scales = [
+            part
+            for leaf_scales in pop.spec(0).scales
+            if leaf_scales is not None
+            for part in (leaf_scales if isinstance(leaf_scales, tuple) else (leaf_scales,))
+        ]
+    if audit is not None:
+        # The 5 base arrays to the host (the broadcast) and back, each array of noise scales
+        # (rows and columns of a low-rank leaf, entry scales of a full one) once, and one
+        # read-back per task (4 threads: 4 tasks).
+        assert len(scales) >= 4
+        assert counts[8] == counts[32] == (5 + len(scales), 5 + 4)
+
+
+def test_a_worker_without_the_asked_backend_fails_clearly(monkeypatch):
+    """``worker_backend="cupy"`` where CuPy cannot be used: an error naming the argument, from
+    a thread worker and from a worker process, not one failed member per member."""
+    pop = make_strategy().ask()
+
+    def no_gpu(name):
+        raise ValueError(f"`backend`={name!r} needs CuPy and an NVIDIA GPU, and none was found")
+
+    monkeypatch.setattr(worker_module, "get_backend", no_gpu)
+    with pytest.raises(ValueError, match=r"`worker_backend`='cupy' cannot be used on worker"):
+        eo.evaluate(pop, sphere, "threads", worker_backend="cupy", timeout=60)
+    with eo.ProcessPool(1) as fresh:  # forked after the patch: its worker has no CuPy either
+        with pytest.raises(eo.EvaluationError, match=r"`worker_backend`='cupy' cannot be used"):
+            eo.evaluate(pop, sphere, fresh, worker_backend="cupy", timeout=60)
 
 
 def test_plain_process_pool_executor_and_more_workers_than_members():
@@ -938,6 +1031,10 @@ def test_optimize_argument_errors():
         eo.optimize(es, _target_loss, 1, target="low")
     with pytest.raises(ValueError, match="`vectorized`"):
         eo.optimize(es, _target_loss, 1, vectorized=True, executor="threads")
+    with pytest.raises(ValueError, match=r"`worker_backend` must be None or one of .*'gpu'"):
+        eo.optimize(es, _target_loss, 1, executor="threads", worker_backend="gpu")
+    with pytest.raises(ValueError, match=r"`worker_backend`='cupy' applies to an executor"):
+        eo.optimize(es, _target_loss, 1, worker_backend="cupy")
     assert es.generation == 0
 
 
