@@ -23,6 +23,11 @@ How it uses Dask:
   whose worker is gone runs elsewhere); otherwise the scheduler would queue them all on the
   worker that holds the payload.
 * **Results are gathered as tasks finish,** in batches, by one background thread.
+* **Workers rebuild members with NumPy** unless ``evaluate``/``optimize`` get
+  ``worker_backend="cupy"`` (each worker copies the base to its GPU once per generation and
+  hands the fitness CuPy arrays) or ``"auto"`` (CuPy on the workers that have a GPU). The base
+  travels as host arrays either way, so the scheduler and workers without a GPU never need
+  CuPy.
 * **Retries are counted once.** A task whose worker dies is rerun by the scheduler up to its
   ``distributed.scheduler.allowed-failures`` setting (3 by default) before the task fails with
   ``KilledWorker``; :func:`eggroll_opt.evaluate` counts that error as ``allowed_failures + 1``

@@ -32,8 +32,10 @@ from eggroll_opt.integrations.dask import DaskExecutor, NoWorkersError  # noqa: 
 import eggroll_opt as eo  # noqa: E402
 from eggroll_opt._worker import _Payload, _run_chunk  # noqa: E402
 
+from .conftest import make_backend  # noqa: E402
 from .test_evaluate import (  # noqa: E402
     KeyedFitness,
+    device_sphere,
     make_strategy,
     marker_of,
     reference,
@@ -169,6 +171,23 @@ def test_values_match_and_the_base_travels_once_per_worker(client, executor):
         assert len(transfers) <= WORKERS - 1
         assert all(base_bytes <= nbytes < base_bytes + 8_000 for _, nbytes in transfers)
         es.tell(result.fitness)
+
+
+@pytest.mark.gpu
+def test_workers_rebuild_members_with_cupy_when_asked(executor):
+    """``worker_backend="cupy"``: Dask workers hand the fitness CuPy members (``device_sphere``
+    fails a member rebuilt on the host) with the in-process values of a CuPy strategy; the
+    default still gives them NumPy members (``device_sphere`` then fails every member)."""
+    make_backend("cupy")  # skips without CuPy (its workers get the stand-in through PYTHONPATH)
+    es = make_strategy(popsize=12, backend="cupy")
+    pop = es.ask()
+    here = [float(device_sphere(member.params())) for member in pop]
+    result = eo.evaluate(pop, device_sphere, executor, worker_backend="cupy", timeout=120)
+    assert result.failures == {} and len(result.workers) == WORKERS
+    np.testing.assert_array_equal(result.fitness, here)
+    default = eo.evaluate(pop, device_sphere, executor, timeout=120)
+    assert sorted(default.failures) == list(range(12))
+    assert "members rebuilt on the host" in default.failures[0].message
 
 
 def test_it_is_an_executor(client, executor):
