@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _noise
 from ._backend import Backend, get_backend, is_cupy_array, namespace_of, read_only
+from ._sequence import check_tokens
 from ._tree import flatten, unflatten
 
 NoiseKind = Literal["lowrank", "full", "frozen"]
@@ -559,6 +560,70 @@ class Population(Sequence[Member]):
             correction = left * projected if rank == 1 else left @ projected
         correction = correction.reshape(popsize, rows, length)
         correction += out  # broadcast over members when shared
+        return correction
+
+    def embed(self, path: str, tokens: Any) -> Any:
+        """Rows ``tokens`` of every member's table ``W + E_i``: a gather, never a table per member.
+
+        For a (vocab, d) leaf, member ``i``'s row for token ``t`` is
+        ``W[t] + s_i sigma / sqrt(r) * A_k[t] @ B_k.T`` (low-rank), ``W[t] + s_i sigma eps_k[t]``
+        (full) or ``W[t]`` (frozen). Only the rows of ``A_k`` (or ``eps_k``) that the tokens
+        name are read; the extra cost is ``O(batch * T * r * d)`` per noise draw.
+
+        Args:
+            path: the table's path (``"embed/w"``), a (vocab, d) leaf.
+            tokens: integer ids in ``[0, vocab)``, either shared by all members, shape
+                (batch, T), or one sequence batch per member, shape (popsize, batch, T).
+
+        Returns:
+            An array (popsize, batch, T, d) in the table's dtype.
+
+        Raises:
+            TypeError: for ids that are not integers.
+            ValueError: for a leaf that is not 2-D, ``tokens`` of another shape or with T = 0,
+                or an id outside ``[0, vocab)`` (checked with one read-back on a GPU).
+        """
+        leaf = self._leaf(path)
+        if len(leaf.shape) != 2:
+            raise ValueError(f"`path` {path!r} is not a (vocab, d) table (shape {leaf.shape}).")
+        vocab, width = leaf.shape
+        tokens = self._backend.asarray(tokens)
+        if not (tokens.ndim == 2 or (tokens.ndim == 3 and tokens.shape[0] == self._popsize)):
+            raise ValueError(
+                f"`tokens` must have shape (batch, T) or ({self._popsize}, batch, T), got "
+                f"{tuple(tokens.shape)}."
+            )
+        check_tokens(tokens, vocab, table=path)
+        xp, base = self._backend.xp, self._base[path]
+        shape = (self._popsize, *tokens.shape[-2:], width)
+        rows = base[tokens]  # (batch, T, d) shared, (N, batch, T, d) per member
+        if leaf.kind == "frozen":
+            return xp.broadcast_to(rows, shape).copy() if tokens.ndim == 2 else rows
+        # Member i = k·G + g: tokens seen as (K, G, batch·T) per member, (batch·T,) shared.
+        draws, group = self._popsize // self._group, self._group
+        signs = self._scaled_signs(path, base.dtype)  # (K, G, 1, 1)
+        if tokens.ndim == 2:
+            index: tuple[Any, ...] = (slice(None), tokens.reshape(-1))  # all draws, same rows
+        else:
+            index = (xp.arange(draws)[:, None, None], tokens.reshape(draws, group, -1))
+        if leaf.kind == "full":
+            picked = self._noise[path][index]  # (K, batch·T, d) or (K, G, batch·T, d)
+            if tokens.ndim == 2:
+                picked = picked[:, None]
+            correction = picked * signs
+        else:
+            left, right = self._noise[path]  # (K, vocab, r), (K, d, r)
+            rank = right.shape[2]
+            picked = left[index]  # (K, batch·T, r) or (K, G, batch·T, r)
+            right_t = right.transpose(0, 2, 1)  # (K, r, d)
+            if tokens.ndim == 2:  # the correction of a draw, then each member's sign
+                product = picked * right_t if rank == 1 else picked @ right_t
+                correction = product[:, None] * (signs / math.sqrt(rank))
+            else:  # the sign on the r columns, then one batched product per draw
+                picked = (picked * (signs / math.sqrt(rank))).reshape(draws, -1, rank)
+                correction = picked * right_t if rank == 1 else picked @ right_t
+        correction = correction.reshape(shape)
+        correction += rows  # broadcast over members when shared
         return correction
 
     def _scaled_signs(self, path: str, dtype: Any) -> Any:

@@ -26,9 +26,13 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
+from . import _sequence
 from ._backend import is_cupy_array, namespace_of, to_numpy
 from ._population import Population
 from ._tree import flatten
@@ -39,9 +43,12 @@ __all__ = [
     "accuracy",
     "avg_pool2d",
     "cross_entropy",
+    "greedy_tokens",
     "log_softmax",
     "max_pool2d",
     "relu",
+    "sample_tokens",
+    "sequence_cross_entropy",
     "sigmoid",
     "softmax",
     "tanh",
@@ -91,6 +98,107 @@ def accuracy(logits: Any, labels: Any) -> Any:
     """Fraction of the batch whose arg-max class equals ``labels``; shape ``logits.shape[:-2]``."""
     xp = namespace_of(logits)
     return (logits.argmax(axis=-1) == xp.asarray(labels)).mean(axis=-1)
+
+
+def sequence_cross_entropy(logits: Any, targets: Any) -> Any:
+    """Mean negative log-likelihood of the token ids ``targets`` under ``logits``, per member.
+
+    Args:
+        logits: (..., batch, T, vocab); a population's are (N, batch, T, vocab).
+        targets: integer ids in ``[0, vocab)``, shape (batch, T) (shared by every leading
+            index) or ``logits.shape[:-1]``; moved to the device of ``logits`` if they are not
+            there.
+
+    Returns:
+        ``logsumexp(logits[..., b, t, :]) - logits[..., b, t, targets[b, t]]`` averaged over
+        batch and time: one value per leading index (shape ``logits.shape[:-3]``), a fitness
+        per member in nats per token (divide by ``log(2)`` for bits). Lower is better.
+
+    Raises:
+        TypeError: for targets that are not integers.
+        ValueError: for ``logits`` with fewer than three axes, ``targets`` of another shape or
+            with T = 0, or an id outside ``[0, vocab)`` (one read-back on a GPU).
+
+    Example:
+        >>> import numpy as np
+        >>> from eggroll_opt import nn
+        >>> logits = np.zeros((4, 2, 3, 5))          # 4 members, 2 sequences of 3 steps, 5 ids
+        >>> nn.sequence_cross_entropy(logits, np.ones((2, 3), int)).round(4)   # log(5)
+        array([1.6094, 1.6094, 1.6094, 1.6094])
+    """
+    xp = namespace_of(logits)
+    if logits.ndim < 3 or logits.shape[-1] < 1:
+        raise ValueError(
+            f"`logits` must be (..., batch, T, vocab) with vocab >= 1, got shape "
+            f"{tuple(logits.shape)}."
+        )
+    targets = xp.asarray(_on_device_of(logits, targets))
+    _sequence.check_tokens(targets, logits.shape[-1], argument="targets")
+    if targets.shape not in (tuple(logits.shape[-3:-1]), tuple(logits.shape[:-1])):
+        raise ValueError(
+            f"`targets` must have shape {tuple(logits.shape[-3:-1])} or "
+            f"{tuple(logits.shape[:-1])} to match `logits` {tuple(logits.shape)}, got "
+            f"{tuple(targets.shape)}."
+        )
+    top = logits.max(axis=-1, keepdims=True)
+    log_total = xp.log(xp.exp(logits - top).sum(axis=-1)) + top[..., 0]
+    index = xp.broadcast_to(targets[..., None], (*logits.shape[:-1], 1))
+    picked = xp.take_along_axis(logits, index, axis=-1)[..., 0]
+    return (log_total - picked).mean(axis=(-2, -1))
+
+
+def sample_tokens(
+    logits: Any, rng: np.random.Generator | int | None, *, temperature: float = 1.0
+) -> Any:
+    """One token id drawn from ``softmax(logits / temperature)`` for each leading index.
+
+    Inverse-CDF sampling: one uniform per draw, from ``rng`` (a NumPy generator or a seed)
+    on the host, copied to the device of ``logits`` in one transfer; the id is the first
+    whose cumulative probability exceeds it. Lower temperatures sharpen the distribution
+    (:func:`greedy_tokens` is the limit).
+
+    Args:
+        logits: (..., vocab), e.g. the last step of a model's output (N, batch, vocab).
+        rng: ``numpy.random.Generator``, an int seed, or None (fresh entropy).
+        temperature: a positive finite number.
+
+    Returns:
+        Integer ids of shape ``logits.shape[:-1]``, on the device of ``logits``.
+
+    Raises:
+        ValueError: for a temperature that is not positive and finite, or an empty vocabulary.
+
+    Example:
+        >>> import numpy as np
+        >>> from eggroll_opt import nn
+        >>> logits = np.array([[0.0, 40.0, 0.0], [0.0, -40.0, 0.0]])
+        >>> tokens = nn.sample_tokens(logits, np.random.default_rng(0))
+        >>> int(tokens[0]), int(tokens[1]) in (0, 2)
+        (1, True)
+    """
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
+        raise ValueError(
+            f"`temperature` must be a positive finite number, got {temperature!r} (for the "
+            f"most likely token use greedy_tokens)."
+        )
+    if logits.ndim < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"`logits` must be (..., vocab) with vocab >= 1, got {logits.shape}.")
+    xp = namespace_of(logits)
+    cumulative = xp.cumsum(softmax(logits / temperature), axis=-1)
+    uniform = np.random.default_rng(rng).random(logits.shape[:-1])
+    threshold = xp.asarray(uniform, dtype=cumulative.dtype)[..., None] * cumulative[..., -1:]
+    # The count of ids at or below the threshold is an id whose probability is positive.
+    return xp.minimum((cumulative <= threshold).sum(axis=-1), logits.shape[-1] - 1)
+
+
+def greedy_tokens(logits: Any) -> Any:
+    """The most likely token id, ``argmax(logits)`` over the last axis: ``logits.shape[:-1]``."""
+    return logits.argmax(axis=-1)
 
 
 def _pool(x: Any, size: int, reduce: str) -> Any:
@@ -175,6 +283,60 @@ def _check_conv_input(x: Any, kernel_shape: tuple[int, ...], prefix: str) -> Non
         )
 
 
+def _check_eps(eps: float) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
+        raise ValueError(f"`eps` must be a positive number, got {eps!r}.")
+
+
+def _check_norm_leaf(path: str, shape: tuple[int, ...]) -> None:
+    if len(shape) != 1:
+        raise ValueError(f"`{path}` must be a 1-D (features,) leaf, got shape {shape}.")
+
+
+def _min_gru_width(prefix: str, weight_shape: tuple[int, ...]) -> int:
+    """The hidden width ``h`` of a minGRU whose ``prefix/w`` is (2h, n); raises otherwise."""
+    if len(weight_shape) != 2 or weight_shape[0] % 2:
+        raise ValueError(
+            f"`{prefix}/w` must be (2 * hidden, inputs): the gate rows then the candidate rows, "
+            f"got shape {weight_shape}."
+        )
+    return weight_shape[0] // 2
+
+
+def _check_h0(h0: Any, shapes: list[tuple[int, ...]], prefix: str) -> None:
+    if tuple(h0.shape) not in shapes:
+        allowed = " or ".join(str(shape) for shape in shapes)
+        raise ValueError(
+            f"`h0` of minGRU {prefix!r} must have shape {allowed}, got {tuple(h0.shape)}."
+        )
+
+
+def _attention_width(prefix: str, heads: int, shape_of: Any) -> int:
+    """The input width of attention ``prefix``, its four projections' shapes checked.
+
+    ``prefix/q/w`` and ``prefix/k/w`` are (d_k, d), ``prefix/v/w`` (d_v, d) and ``prefix/o/w``
+    (d_out, d_v); ``heads`` must divide ``d_k`` and ``d_v``.
+    """
+    if isinstance(heads, bool) or not isinstance(heads, int | np.integer) or heads < 1:
+        raise ValueError(f"`heads` must be a positive int, got {heads!r}.")
+    shapes = {name: tuple(shape_of(f"{prefix}/{name}/w")) for name in "qkvo"}
+    for name, shape in shapes.items():
+        if len(shape) != 2:
+            raise ValueError(f"`{prefix}/{name}/w` must be a matrix, got shape {shape}.")
+    (key_width, width), (value_width, _) = shapes["q"], shapes["v"]
+    if shapes["k"] != shapes["q"] or shapes["v"][1] != width or shapes["o"][1] != value_width:
+        raise ValueError(
+            f"attention {prefix!r} needs q/w and k/w of one shape (d_k, d), v/w (d_v, d) and "
+            f"o/w (d_out, d_v); got {shapes}."
+        )
+    if key_width % heads or value_width % heads:
+        raise ValueError(
+            f"`heads`={heads} must divide the query width {key_width} and the value width "
+            f"{value_width} of attention {prefix!r}."
+        )
+    return width
+
+
 class PopulationLayers:
     """Layers that evaluate every member of a :class:`~eggroll_opt.Population` at once.
 
@@ -185,7 +347,7 @@ class PopulationLayers:
 
     def __init__(self, population: Population) -> None:
         self._pop = population
-        self._biases: dict[str, Any] = {}
+        self._small_leaves: dict[str, Any] = {}
 
     @property
     def population(self) -> Population:
@@ -202,14 +364,35 @@ class PopulationLayers:
             f"member axis of {len(self._pop)}, got shape {tuple(x.shape)}."
         )
 
-    def _bias(self, prefix: str) -> Any:
-        path = f"{prefix}/b"
-        if path not in self._biases:
+    def _stacked(self, path: str, *, optional: bool = False) -> Any:
+        """Every member's value of a small leaf (a bias, a scale), made once per layers object.
+
+        None for a missing ``optional`` leaf; a missing required leaf raises ``KeyError``.
+        """
+        if path not in self._small_leaves:
             try:
-                self._biases[path] = self._pop.stacked(path)
+                self._small_leaves[path] = self._pop.stacked(path)
             except KeyError:
-                self._biases[path] = None
-        return self._biases[path]
+                if not optional:
+                    raise
+                self._small_leaves[path] = None
+        return self._small_leaves[path]
+
+    def _bias(self, prefix: str) -> Any:
+        return self._stacked(f"{prefix}/b", optional=True)
+
+    def _norm_leaf(self, path: str, *, optional: bool = False) -> Any:
+        """A norm's scale or bias of every member, shaped (N, 1, 1, d) for (batch, T, d)."""
+        values = self._stacked(path, optional=optional)
+        if values is None:
+            return None
+        _check_norm_leaf(path, tuple(values.shape[1:]))
+        return values[:, None, None, :]
+
+    def _check_sequence(self, prefix: str, x: Any, width: int) -> None:
+        """Check that ``x`` is (batch, T, width) shared or (N, batch, T, width) per member."""
+        self._is_shared(x, 2)
+        _sequence.check_sequence(x, width, layer=prefix)
 
     def dense(self, prefix: str, x: Any) -> Any:
         """``x @ w.T + b`` per member: (batch, n) or (N, batch, n) -> (N, batch, m)."""
@@ -219,6 +402,17 @@ class PopulationLayers:
         if bias is not None:
             out += bias[:, None, :]
         return out
+
+    def dense_per_step(self, prefix: str, x: Any) -> Any:
+        """:meth:`dense` at every time step, as one call over batch·T rows per member.
+
+        ``x`` is (batch, T, n) shared or (N, batch, T, n) per member; returns
+        (N, batch, T, m). The output head of a sequence model.
+        """
+        self._is_shared(x, 2)
+        batch, length = x.shape[-3], x.shape[-2]
+        out = self.dense(prefix, x.reshape(*x.shape[:-3], batch * length, x.shape[-1]))
+        return out.reshape(len(self._pop), batch, length, out.shape[-1])
 
     def conv2d(self, prefix: str, x: Any, *, stride: int = 1, padding: int = 0) -> Any:
         """2-D convolution (cross-correlation, as in deep-learning libraries) per member.
@@ -243,6 +437,75 @@ class PopulationLayers:
     def flatten(self, x: Any) -> Any:
         """(N, batch, ...) -> (N, batch, features)."""
         return x.reshape(x.shape[0], x.shape[1], -1)
+
+    def embedding(self, prefix: str, tokens: Any) -> Any:
+        """Rows of the (vocab, d) table ``prefix/w`` for integer ``tokens``, per member.
+
+        ``tokens`` is (batch, T) shared or (N, batch, T) per member, ids in ``[0, vocab)``;
+        returns (N, batch, T, d). Only the noise rows the tokens name are read: member ``i``'s
+        row for token ``t`` is ``W[t] + s_i sigma / sqrt(r) * A_k[t] @ B_k.T`` and no member's
+        table is ever formed (:meth:`Population.embed`).
+        """
+        return self._pop.embed(f"{prefix}/w", tokens)
+
+    def layer_norm(self, prefix: str, x: Any, *, eps: float = 1e-5) -> Any:
+        """Layer normalisation over the features, with each member's ``prefix/scale`` and
+        optional ``prefix/bias`` (1-D leaves, full noise by default).
+
+        ``x`` is (batch, T, d) shared or (N, batch, T, d) per member; returns (N, batch, T, d):
+        ``(x - mean) / sqrt(var + eps) * scale + bias``.
+        """
+        _check_eps(eps)
+        scale = self._norm_leaf(f"{prefix}/scale")
+        self._check_sequence(prefix, x, scale.shape[-1])
+        bias = self._norm_leaf(f"{prefix}/bias", optional=True)
+        return _sequence.layer_norm(_on_device_of(scale, x), scale, bias, eps)
+
+    def rms_norm(self, prefix: str, x: Any, *, eps: float = 1e-6) -> Any:
+        """RMS normalisation over the features with each member's 1-D ``prefix/scale``:
+        ``x / sqrt(mean(x²) + eps) * scale``; shapes as :meth:`layer_norm`."""
+        _check_eps(eps)
+        scale = self._norm_leaf(f"{prefix}/scale")
+        self._check_sequence(prefix, x, scale.shape[-1])
+        return _sequence.rms_norm(_on_device_of(scale, x), scale, eps)
+
+    def min_gru(self, prefix: str, x: Any, h0: Any = None) -> Any:
+        """A minGRU layer run over time, per member; returns every step's state (N, batch, T, h).
+
+        The weight ``prefix/w`` is (2h, n): gate rows then candidate rows, with an optional
+        bias ``prefix/b`` (2h,). ``x`` is (batch, T, n) shared or (N, batch, T, n) per member;
+        ``h0`` is None (zeros), (batch, h) or (N, batch, h). The last state is ``out[:, :, -1]``.
+
+        Why minGRU (Feng et al., 2024) rather than a GRU: its gate and candidate depend on the
+        input only, not on the previous state, so the input projections of all T steps are one
+        low-rank :meth:`~eggroll_opt.Population.linear` call over batch·T rows for the whole
+        population, and what remains is an element-wise recurrence
+        ``h_t = (1 - z_t) h_{t-1} + z_t c_t``, one multiply-add per step. A GRU would need T
+        sequential population matmuls with the previous state.
+        """
+        hidden = _min_gru_width(prefix, self._pop.leaf_shape(f"{prefix}/w"))
+        self._check_sequence(prefix, x, self._pop.leaf_shape(f"{prefix}/w")[1])
+        projected = self.dense_per_step(prefix, x)  # (N, batch, T, 2h)
+        if h0 is not None:
+            h0 = _on_device_of(projected, h0)
+            batch = x.shape[-3]
+            _check_h0(h0, [(batch, hidden), (len(self._pop), batch, hidden)], prefix)
+        return _sequence.min_gru(projected, h0)
+
+    def causal_attention(self, prefix: str, x: Any, *, heads: int = 1) -> Any:
+        """Causal multi-head self-attention with low-rank noise on its four projections.
+
+        Reads the dense layers ``prefix/q``, ``prefix/k``, ``prefix/v`` and ``prefix/o``
+        (weights ``.../w``, optional biases ``.../b``); each projection is one
+        :meth:`~eggroll_opt.Population.linear` call over batch·T rows. Step ``t`` attends to
+        steps ``<= t``. ``x`` is (batch, T, d) shared or (N, batch, T, d) per member; returns
+        (N, batch, T, d_out).
+        """
+        width = _attention_width(prefix, heads, self._pop.leaf_shape)
+        self._check_sequence(prefix, x, width)
+        query, key, value = (self.dense_per_step(f"{prefix}/{name}", x) for name in "qkv")
+        mixed = _sequence.causal_attention(query, key, value, heads)
+        return self.dense_per_step(f"{prefix}/o", mixed)
 
 
 def _on_device_of(weight: Any, x: Any) -> Any:
@@ -286,3 +549,69 @@ class ParamsLayers:
     def flatten(self, x: Any) -> Any:
         """(batch, ...) -> (batch, features)."""
         return x.reshape(x.shape[0], -1)
+
+    def _norm_leaf(self, path: str, *, optional: bool = False) -> Any:
+        if optional and path not in self._params:
+            return None
+        value = self._get(path)
+        _check_norm_leaf(path, tuple(value.shape))
+        return value
+
+    def dense_per_step(self, prefix: str, x: Any) -> Any:
+        """:meth:`dense` at every time step: (batch, T, n) -> (batch, T, m)."""
+        if x.ndim != 3:
+            raise ValueError(f"`x` must be (batch, T, features), got shape {tuple(x.shape)}.")
+        return self.dense(prefix, x)
+
+    def embedding(self, prefix: str, tokens: Any) -> Any:
+        """Rows of the (vocab, d) table ``prefix/w``: (batch, T) integer ids -> (batch, T, d)."""
+        table = self._get(f"{prefix}/w")
+        if table.ndim != 2:
+            raise ValueError(
+                f"`{prefix}/w` must be a (vocab, d) table, got shape {tuple(table.shape)}."
+            )
+        tokens = namespace_of(table).asarray(_on_device_of(table, tokens))
+        if tokens.ndim != 2:
+            raise ValueError(f"`tokens` must have shape (batch, T), got {tuple(tokens.shape)}.")
+        _sequence.check_tokens(tokens, table.shape[0], table=f"{prefix}/w")
+        return table[tokens]
+
+    def layer_norm(self, prefix: str, x: Any, *, eps: float = 1e-5) -> Any:
+        """Layer normalisation over the features: (batch, T, d) -> (batch, T, d)."""
+        _check_eps(eps)
+        scale = self._norm_leaf(f"{prefix}/scale")
+        bias = self._norm_leaf(f"{prefix}/bias", optional=True)
+        x = _on_device_of(scale, x)
+        _sequence.check_sequence(x, scale.shape[0], layer=prefix)
+        return _sequence.layer_norm(x, scale, bias, eps)
+
+    def rms_norm(self, prefix: str, x: Any, *, eps: float = 1e-6) -> Any:
+        """RMS normalisation over the features: (batch, T, d) -> (batch, T, d)."""
+        _check_eps(eps)
+        scale = self._norm_leaf(f"{prefix}/scale")
+        x = _on_device_of(scale, x)
+        _sequence.check_sequence(x, scale.shape[0], layer=prefix)
+        return _sequence.rms_norm(x, scale, eps)
+
+    def min_gru(self, prefix: str, x: Any, h0: Any = None) -> Any:
+        """A minGRU layer over time: (batch, T, n) -> every step's state (batch, T, h).
+
+        ``h0`` is None (zeros) or (batch, h); see :meth:`PopulationLayers.min_gru`.
+        """
+        weight = self._get(f"{prefix}/w")
+        hidden = _min_gru_width(prefix, tuple(weight.shape))
+        x = _on_device_of(weight, x)
+        _sequence.check_sequence(x, weight.shape[1], layer=prefix)
+        projected = self.dense(prefix, x)  # (batch, T, 2h)
+        if h0 is not None:
+            h0 = _on_device_of(weight, h0)
+            _check_h0(h0, [(*x.shape[:-2], hidden)], prefix)
+        return _sequence.min_gru(projected, h0)
+
+    def causal_attention(self, prefix: str, x: Any, *, heads: int = 1) -> Any:
+        """Causal multi-head self-attention: (batch, T, d) -> (batch, T, d_out)."""
+        width = _attention_width(prefix, heads, lambda path: self._get(path).shape)
+        x = _on_device_of(self._get(f"{prefix}/q/w"), x)
+        _sequence.check_sequence(x, width, layer=prefix)
+        query, key, value = (self.dense(f"{prefix}/{name}", x) for name in "qkv")
+        return self.dense(f"{prefix}/o", _sequence.causal_attention(query, key, value, heads))
