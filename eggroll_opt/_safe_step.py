@@ -99,9 +99,7 @@ def copy_tree(tree: Any) -> Any:
     return tree.copy() if hasattr(tree, "copy") and hasattr(tree, "dtype") else tree
 
 
-def read_back(
-    xp: Any, *groups: Mapping[str, Any]
-) -> tuple[dict[str, float], ...]:
+def read_back(xp: Any, *groups: Mapping[str, Any]) -> tuple[dict[str, float], ...]:
     """Host floats of dicts of 0-d device values (or floats), in one device-to-host transfer."""
     keys = [(index, path) for index, group in enumerate(groups) for path in group]
     device = [groups[index][path] for index, path in keys if hasattr(groups[index][path], "dtype")]
