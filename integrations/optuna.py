@@ -94,8 +94,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eggroll_opt._backend import get_backend, is_cupy_array, namespace_of
 from eggroll_opt._defaults import default_popsize as _library_popsize
 from eggroll_opt._strategy import Eggroll, _check_float, _check_int
+from eggroll_opt._tree import flatten
 from eggroll_opt.adaptation import get_sigma_adaptation
 from eggroll_opt.optim import OPTIMIZERS
 
@@ -154,6 +156,19 @@ def default_popsize(dimension: int) -> int:
         (8, 17, 26)
     """
     return _library_popsize(dimension, even=False)
+
+
+def _host_arrays(arrays: Sequence[Any]) -> list[np.ndarray]:
+    """Host copies of a strategy's arrays: CuPy ones in one device-to-host transfer."""
+    if not any(is_cupy_array(array) for array in arrays):
+        return [np.asarray(array) for array in arrays]
+    xp = namespace_of(arrays[0])
+    together = xp.concatenate([array.reshape(-1).astype(xp.float64) for array in arrays]).get()
+    ends = np.cumsum([array.size for array in arrays])[:-1]
+    return [
+        part.reshape(array.shape)
+        for part, array in zip(np.split(together, ends), arrays, strict=True)
+    ]
 
 
 def _reflect(x: np.ndarray) -> np.ndarray:
@@ -350,22 +365,29 @@ class _Run:
             self.candidates = None
 
     def current_candidates(self) -> list[dict[str, Any]]:
-        """The decoded members of the current generation (decoded once per generation)."""
+        """The decoded members of the current generation (decoded once per generation, from
+        one host copy of the members' leaves)."""
         assert self.strategy is not None and self.encoding is not None
         if self.candidates is None:
             population = self.strategy.ask()
-            numeric = population.stacked("numeric") if self.encoding.names else None
-            logits = {c: population.stacked(_Encoding.group_path(c)) for c in self.encoding.groups}
-            self.candidates = self.encoding.decode(numeric, logits)
+            self.candidates = self._decode(population.stacked)
         return self.candidates
 
     def mean_values(self) -> dict[str, Any]:
         """The current mean, decoded (what a non-member trial receives)."""
-        assert self.strategy is not None and self.encoding is not None
-        params = self.strategy.params
-        numeric = params["numeric"][None] if self.encoding.names else None
-        logits = {c: params["categorical"][f"choices{c}"][None] for c in self.encoding.groups}
-        return self.encoding.decode(numeric, logits)[0]
+        assert self.strategy is not None
+        mean = flatten(self.strategy.params)
+        return self._decode(lambda path: mean[path][None])[0]
+
+    def _decode(self, leaf: Callable[[str], Any]) -> list[dict[str, Any]]:
+        """Decode rows of leaves, ``leaf(path)`` of shape (rows, *leaf shape), on any backend."""
+        assert self.encoding is not None
+        paths = ["numeric"] if self.encoding.names else []
+        paths += [_Encoding.group_path(c) for c in self.encoding.groups]
+        values = dict(zip(paths, _host_arrays([leaf(path) for path in paths]), strict=True))
+        numeric = values.get("numeric")
+        logits = {c: values[_Encoding.group_path(c)] for c in self.encoding.groups}
+        return self.encoding.decode(numeric, logits)
 
     def assign(self, rank: int, live: Callable[[int, datetime], bool]) -> int | None:
         """The member slot a new trial takes, or None while it should wait for one.
@@ -499,6 +521,19 @@ class EggrollSampler(BaseSampler):
             ``optuna.samplers.RandomSampler(seed=seed)``.
         warn_independent_sampling: warn once per parameter name sampled independently after
             the first trial completed.
+        backend: the array library of the sampler's strategy: ``"numpy"`` (default),
+            ``"cupy"`` or ``"auto"`` (CuPy where it sees a GPU), resolved in each process that
+            uses the sampler. NumPy is the default because the sampler's work is small and on
+            the host: Optuna's per-trial overhead (storage reads and writes, Python
+            bookkeeping) dominates, and a generation's arrays have one number per searched
+            coordinate or logit, too few to repay a GPU's kernel launches and transfers. CuPy
+            may pay for spaces with very many parameters (thousands of categoricals); that has
+            not been measured on a GPU. Either way the candidates handed to Optuna are host
+            values, read back once per generation (not per trial). The backend is not part of
+            the run's configuration: processes sharing a study may use different backends and
+            continue the same run; their candidates agree to rounding (the noise words are the
+            same, GPU arithmetic rounds differently), so a value that falls on a rounding
+            boundary can decode differently in another process.
 
     Raises:
         ImportError: if Optuna is not installed.
@@ -533,6 +568,7 @@ class EggrollSampler(BaseSampler):
         seed: int | None = None,
         independent_sampler: BaseSampler | None = None,
         warn_independent_sampling: bool = True,
+        backend: str = "numpy",
     ) -> None:
         _require_optuna()
         from optuna.samplers import BaseSampler as OptunaBaseSampler
@@ -573,6 +609,10 @@ class EggrollSampler(BaseSampler):
                 f"`warn_independent_sampling` must be a bool, got {warn_independent_sampling!r}."
             )
         self._warn_independent_sampling = warn_independent_sampling
+        if not isinstance(backend, str):
+            raise TypeError(f"`backend` must be 'numpy', 'cupy' or 'auto', got {backend!r}.")
+        get_backend(backend)  # checks the name, and that CuPy can be used for "cupy"
+        self._backend = backend
         self._lock = threading.RLock()
         self._studies: dict[tuple[int, int], _StudyState] = {}
         self._warned: set[str] = set()
@@ -851,7 +891,7 @@ class EggrollSampler(BaseSampler):
                 maximize=study.direction == StudyDirection.MAXIMIZE,
                 mirrored=False,
                 noise_kinds=encoding.noise_kinds(self._rank),
-                backend="numpy",
+                backend=self._backend,
             )
             run.start(encoding, strategy)
         return run

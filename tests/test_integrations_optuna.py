@@ -4,6 +4,7 @@ threads, processes, restarts, failures, reproducibility, and the examples at the
 from __future__ import annotations
 
 import doctest
+import importlib
 import importlib.util
 import json
 import math
@@ -44,6 +45,8 @@ from optuna.testing.pytest_samplers import (  # noqa: E402
     SingleOnlySamplerTestCase,
 )
 from optuna.trial import TrialState  # noqa: E402
+
+from .conftest import make_backend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -141,6 +144,8 @@ def _params(study) -> list[dict[str, Any]]:
         ({"seed": True}, TypeError, r"`seed` must be an int, got True"),
         ({"independent_sampler": "random"}, TypeError, r"`independent_sampler` must be"),
         ({"warn_independent_sampling": 1}, TypeError, r"`warn_independent_sampling` must be"),
+        ({"backend": "gpu"}, ValueError, r"`backend` must be one of .* got 'gpu'"),
+        ({"backend": None}, TypeError, r"`backend` must be 'numpy', 'cupy' or 'auto', got None"),
     ],
 )
 def test_bad_arguments_name_the_argument(options, error, match):
@@ -573,6 +578,61 @@ def test_a_changed_search_space_starts_a_new_run():
         [0, 2],
         [0, 3],
     ]
+
+
+# -- backends ------------------------------------------------------------------------------------
+def _same_trials(study, reference) -> None:
+    """The same parameters trial by trial: floats to rounding (GPU arithmetic rounds otherwise),
+    integers and choices exactly."""
+    for actual, expected in zip(_params(study), _params(reference), strict=True):
+        assert actual.keys() == expected.keys()
+        for name, value in expected.items():
+            if isinstance(value, float):
+                assert actual[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+            else:
+                assert actual[name] == value, name
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def test_the_strategy_runs_on_the_chosen_backend_with_host_candidates(backend):
+    """``backend="cupy"``: the strategy's arrays are CuPy arrays, Optuna gets host values (the
+    same trials as with NumPy), and the device is read once per generation, not per trial:
+    with a fixed σ, one read-back of the candidates and one of tell's per generation (counted
+    by the strict stand-in; on real CuPy the trials are checked). The step-size adaptation
+    reads back more per generation (``eggroll_opt.adaptation``), but not per trial either."""
+    if backend == "cupy":
+        make_backend("cupy")  # skips without CuPy
+    cupy = importlib.import_module("cupy") if backend == "cupy" else None
+    audit = getattr(cupy, "_audit", None)
+    syncs = {}
+    for popsize in (4, 12):
+        for adaptation in ("auto", None):
+            options = {"seed": 3, "popsize": popsize, "sigma_adaptation": adaptation}
+            study = _study(EggrollSampler(backend=backend, **options))
+            study.optimize(_mixed_objective, n_trials=1)  # before a search space: no strategy
+            if audit is not None:
+                audit.reset()
+            study.optimize(_mixed_objective, n_trials=5 * popsize + 1)  # 5 generations told
+            if audit is not None:
+                syncs[popsize, adaptation] = audit.syncs
+            run = _run_state(study.sampler, study)
+            assert run.strategy.backend == backend and run.generation == 5
+            assert type(run.strategy.params["numeric"]).__module__.split(".")[0] == backend
+            reference = _study(EggrollSampler(**options))
+            reference.optimize(_mixed_objective, n_trials=2 + 5 * popsize)
+            _same_trials(study, reference)
+    # A trial with fixed values gets the mean for the rest; mean_params decodes it too.
+    study.enqueue_trial({"x": 0.0})
+    study.optimize(_mixed_objective, n_trials=1)
+    mean = study.sampler.mean_params(study)
+    assert {k: v for k, v in study.trials[-1].params.items() if k != "x"} == {
+        k: v for k, v in mean.items() if k != "x"
+    }
+    if audit is not None:
+        # One at the strategy's construction, generation 0's candidates, then per generation
+        # tell's read-back and the next candidates'; the same for 4 and 12 trials a generation.
+        assert syncs[4, None] == syncs[12, None] == 1 + 1 + 2 * 5
+        assert syncs[4, "auto"] == syncs[12, "auto"]
 
 
 # -- reproducibility, restarts, threads, processes -----------------------------------------------
