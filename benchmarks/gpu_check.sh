@@ -1,21 +1,13 @@
 #!/usr/bin/env bash
-# GPU check: the `gpu`-marked tests, then the CuPy benchmark table.
-# Run from the repository root on a machine with an NVIDIA GPU, CuPy, NumPy, SciPy, pytest and
-# hypothesis; nothing is installed and no network is needed:
-#     bash benchmarks/gpu_check.sh
-# If $OUT is set, the table is also written there (core.md, core.json) with the test log.
+# The prepared device check (benchmarks/gpu_check.py): one table of NumPy-vs-CuPy noise, ask/tell
+# beside a same-shape GEMM and OpenES, population forward beside plain inference, launch and sync
+# counts, and the gpu-marked tests. Run from anywhere, on a machine with an NVIDIA GPU, CuPy,
+# NumPy, SciPy, pytest and hypothesis; nothing is installed and no network is needed:
+#     bash benchmarks/gpu_check.sh              # under 8 minutes; JSON and table to $OUT if set
+#     bash benchmarks/gpu_check.sh --dry-run    # the same code on the strict CuPy stand-in, tiny
+# Progress goes to stderr row by row; the table to stdout at the end. A hard limit of 470 s stops
+# a run that hangs (the report in $OUT keeps every row measured until then).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-python - <<'PY'
-import cupy
-props = cupy.cuda.runtime.getDeviceProperties(0)
-print("CuPy", cupy.__version__, "on", props["name"].decode(), flush=True)
-PY
-log="${OUT:-/tmp}/gpu_tests.log"
-python -m pytest -m gpu -p no:cacheprovider -q -rs tests 2>&1 | tee "$log"
-tests_rc=${PIPESTATUS[0]}
-python -m benchmarks.core --backend cupy ${OUT:+--out "$OUT"}
-bench_rc=$?
-echo "gpu tests exit $tests_rc, benchmark exit $bench_rc"
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+timeout --kill-after=10 470 python -m benchmarks.gpu_check "$@"
