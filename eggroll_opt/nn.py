@@ -8,6 +8,14 @@ such as the strategy's mean. Outputs of the population carry a leading member ax
 
 Layer ``"name"`` reads the leaves ``"name/w"`` (required) and ``"name/b"`` (optional bias).
 
+Sequence layers take (batch, T, features) or integer token ids (batch, T), shared or with the
+leading member axis, and give (members, batch, T, ...): ``embedding`` (a (vocab, d) table
+``"name/w"``), ``layer_norm`` and ``rms_norm`` (1-D ``"name/scale"``, ``"name/bias"``),
+``min_gru`` (``"name/w"`` of shape (2·hidden, inputs)), ``causal_attention`` (dense layers
+``"name/q"``, ``"name/k"``, ``"name/v"``, ``"name/o"``) and ``dense_per_step``;
+:func:`sequence_cross_entropy` gives each member's loss. Their math is written once, in
+``eggroll_opt/_sequence.py``, for both layer classes.
+
 Example:
     >>> import numpy as np, eggroll_opt as eo
     >>> from eggroll_opt import nn
@@ -22,6 +30,24 @@ Example:
     (4, 5, 2)
     >>> model(nn.ParamsLayers(es.params), x).shape        # (batch, outputs)
     (5, 2)
+
+A character-level language model, the same way:
+
+    >>> def language_model(layers, tokens):
+    ...     h = layers.min_gru("gru", layers.embedding("embed", tokens))
+    ...     return layers.dense_per_step("out", layers.rms_norm("norm", h))
+    >>> rng = np.random.default_rng(0)
+    >>> params = {"embed": {"w": rng.normal(size=(27, 8))},
+    ...           "gru": {"w": rng.normal(size=(2 * 16, 8))},
+    ...           "norm": {"scale": np.ones(16)}, "out": {"w": rng.normal(size=(27, 16))}}
+    >>> es = eo.Eggroll(params, popsize=4, sigma=0.1, learning_rate=0.1, seed=0,
+    ...                 backend="numpy")
+    >>> text = rng.integers(0, 27, (5, 12))              # 5 sequences of 12 token ids
+    >>> logits = language_model(nn.PopulationLayers(es.ask()), text[:, :-1])
+    >>> logits.shape                                     # (members, batch, T, vocab)
+    (4, 5, 11, 27)
+    >>> nn.sequence_cross_entropy(logits, text[:, 1:]).shape   # next-token loss per member
+    (4,)
 """
 
 from __future__ import annotations
@@ -487,7 +513,7 @@ class PopulationLayers:
         self._check_sequence(prefix, x, self._pop.leaf_shape(f"{prefix}/w")[1])
         projected = self.dense_per_step(prefix, x)  # (N, batch, T, 2h)
         if h0 is not None:
-            h0 = _on_device_of(projected, h0)
+            h0 = namespace_of(projected).asarray(_on_device_of(projected, h0))
             batch = x.shape[-3]
             _check_h0(h0, [(batch, hidden), (len(self._pop), batch, hidden)], prefix)
         return _sequence.min_gru(projected, h0)
@@ -604,7 +630,7 @@ class ParamsLayers:
         _sequence.check_sequence(x, weight.shape[1], layer=prefix)
         projected = self.dense(prefix, x)  # (batch, T, 2h)
         if h0 is not None:
-            h0 = _on_device_of(weight, h0)
+            h0 = namespace_of(weight).asarray(_on_device_of(weight, h0))
             _check_h0(h0, [(*x.shape[:-2], hidden)], prefix)
         return _sequence.min_gru(projected, h0)
 
