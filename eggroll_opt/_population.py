@@ -287,7 +287,9 @@ class Population(Sequence[Member]):
         signs = np.ones(popsize)
         if mirrored:
             signs[1::2] = -1.0
-        self._signs = signs
+        self._signs = signs  # on the host, for specs, single members and tell
+        # ``s_i * sigma`` (over sqrt(rank)) on the backend per leaf and dtype: see _scaled_signs
+        self._device_signs: dict[tuple[str, np.dtype[Any], int | None], Any] = {}
 
     # -- sequence protocol -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -458,16 +460,18 @@ class Population(Sequence[Member]):
         leaf = self._leaf(path)
         xp = self._backend.xp
         base = self._base[path]
-        signs = xp.asarray(self._signs * self._sigmas[path], dtype=base.dtype)
-        signs = signs.reshape(-1, *([1] * len(leaf.shape)))
-        index = xp.asarray(self.noise_index)
         if leaf.kind == "frozen":
             return xp.broadcast_to(base, (self._popsize, *leaf.shape)).copy()
+        # Member i = k·G + g: draws broadcast against the (K, G) signs, no gather by index.
+        draws, group = self._popsize // self._group, self._group
+        signs = self._scaled_signs(path, base.dtype).reshape(draws, group, *[1] * len(leaf.shape))
         if leaf.kind == "full":
-            return base + signs * self._noise[path][index]
-        left, right = self._noise[path]
-        dense = xp.matmul(left, right.transpose(0, 2, 1)) / math.sqrt(left.shape[-1])
-        return base + signs * dense[index].reshape(self._popsize, *leaf.shape)
+            noise = self._noise[path]
+        else:
+            left, right = self._noise[path]
+            noise = xp.matmul(left, right.transpose(0, 2, 1)) / math.sqrt(left.shape[-1])
+        noise = noise.reshape(draws, 1, *leaf.shape)
+        return (base + signs * noise).reshape(self._popsize, *leaf.shape)
 
     # -- batched forward pass ----------------------------------------------------------------
     def linear(self, path: str, x: Any) -> Any:
@@ -497,8 +501,9 @@ class Population(Sequence[Member]):
                 return xp.broadcast_to(x @ base.T, (popsize, batch, rows)).copy()
             return (x.reshape(-1, columns) @ base.T).reshape(popsize, batch, rows)
         # The correction of every member, laid out as (K, G·batch, m): member i = k·G + g.
-        signs = self._scaled_signs(path, xp.result_type(x.dtype, base.dtype))  # (K, G, 1, 1)
+        dtype = xp.result_type(x.dtype, base.dtype)
         if leaf.kind == "full":
+            signs = self._scaled_signs(path, dtype)  # (K, G, 1, 1)
             eps_t = self._noise[path].reshape(draws, rows, columns).transpose(0, 2, 1)
             inputs = x if shared else x.reshape(draws, group * batch, columns)
             correction = (inputs @ eps_t).reshape(draws, -1, batch, rows) * signs
@@ -512,7 +517,8 @@ class Population(Sequence[Member]):
                 projected = (x.reshape(draws, group * batch, columns) @ right).reshape(
                     draws, group, batch, rank
                 )
-            projected = (projected * (signs / math.sqrt(rank))).reshape(draws, group * batch, rank)
+            signs = self._scaled_signs(path, dtype, rank)  # (K, G, 1, 1), over sqrt(rank)
+            projected = (projected * signs).reshape(draws, group * batch, rank)
             left_t = left.transpose(0, 2, 1)  # (K, r, m)
             # For rank 1 the product is an outer product: broadcasting beats a batched GEMM.
             correction = projected * left_t if rank == 1 else projected @ left_t
@@ -542,11 +548,11 @@ class Population(Sequence[Member]):
         if leaf.kind == "frozen":
             return xp.broadcast_to(out, (popsize, rows, length)).copy() if shared else out
         # Member i = k·G + g: inputs seen as (K, G, n, L) (a view), corrections as (K, G, m, L).
-        signs = self._scaled_signs(path, xp.result_type(x.dtype, base.dtype))  # (K, G, 1, 1)
+        dtype = xp.result_type(x.dtype, base.dtype)
         inputs = x if shared else x.reshape(draws, group, columns, length)
         if leaf.kind == "full":
             eps = self._noise[path].reshape(draws, 1, rows, columns)
-            correction = (eps @ inputs) * signs
+            correction = (eps @ inputs) * self._scaled_signs(path, dtype)  # (K, G, 1, 1) signs
         else:
             left, right = self._noise[path]  # (K, m, r), (K, n, r)
             rank = right.shape[2]
@@ -555,7 +561,7 @@ class Population(Sequence[Member]):
                 projected = (stacked @ x).reshape(draws, 1, rank, length)
             else:
                 projected = right.transpose(0, 2, 1)[:, None] @ inputs  # (K, G, r, L)
-            projected = projected * (signs / math.sqrt(rank))
+            projected = projected * self._scaled_signs(path, dtype, rank)  # over sqrt(rank)
             left = left[:, None]  # (K, 1, m, r)
             correction = left * projected if rank == 1 else left @ projected
         correction = correction.reshape(popsize, rows, length)
@@ -626,10 +632,28 @@ class Population(Sequence[Member]):
         correction += rows  # broadcast over members when shared
         return correction
 
-    def _scaled_signs(self, path: str, dtype: Any) -> Any:
-        """``s_i * sigma`` of every member on the backend, shaped (K, G, 1, 1): i = k·G + g."""
-        scaled = self._backend.xp.asarray(self._signs * self._sigmas[path], dtype=dtype)
-        return scaled.reshape(self._popsize // self._group, self._group, 1, 1)
+    def _scaled_signs(self, path: str, dtype: Any, rank: int | None = None) -> Any:
+        """``s_i * sigma`` of every member on the backend, shaped (K, G, 1, 1): i = k·G + g.
+
+        With ``rank``, ``s_i * sigma / sqrt(rank)`` (a low-rank leaf's factor). Made on the
+        backend at the first call for a leaf, dtype and rank (a fill with ``sigma``, with
+        mirrored sampling a fill of the odd members with ``-sigma``, then the division: no host
+        data to copy) and kept for the population's later calls.
+        """
+        key = (path, np.dtype(dtype), rank)
+        scaled = self._device_signs.get(key)
+        if scaled is None:
+            if rank is not None:
+                scaled = self._scaled_signs(path, dtype) / math.sqrt(rank)
+            else:
+                sigma = self._sigmas[path]
+                scaled = self._backend.xp.full(
+                    (self._popsize // self._group, self._group, 1, 1), sigma, dtype=key[1]
+                )
+                if self._mirrored:
+                    scaled[:, 1] = -sigma
+            self._device_signs[key] = scaled
+        return scaled
 
     def _matrix_operand(self, path: str, x: Any, axis: int) -> tuple[LeafSpec, Any, Any]:
         """The leaf, its (m, n) matrix view and ``x`` on the backend, ``x``'s shape checked.

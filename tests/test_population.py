@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import pickle
 import tracemalloc
@@ -104,8 +105,14 @@ def test_spec_rebuilds_the_member_alone_and_pickles(backend):
         spec.params({"w": np.zeros((6, 5))})
 
 
-def test_stacked_matches_member_params(backend):
-    es = _strategy(backend, {"w": (3, 2, 2), "b": (3,), "f": (2,)}, noise_kinds={"f": "frozen"})
+@pytest.mark.parametrize("mirrored", [True, False])
+def test_stacked_matches_member_params(backend, mirrored):
+    es = _strategy(
+        backend,
+        {"w": (3, 2, 2), "b": (3,), "f": (2,)},
+        noise_kinds={"f": "frozen"},
+        mirrored=mirrored,
+    )
     pop = es.ask()
     for name in ("w", "b", "f"):
         stacked = host(pop.stacked(name))
@@ -238,3 +245,54 @@ def test_split_parts_match_the_whole_population(backend):
         pop.split(3)
     with pytest.raises(ValueError, match="`size` must be a positive int"):
         pop.split(0)
+
+
+# Launches of a repeated call on the strict stand-in, as measured (rank 1, one shared input);
+# the first call of a population also makes its signs on the device (at most 3 more).
+LAUNCHES = {
+    ("lowrank", "linear"): 5,
+    ("lowrank", "matmul"): 5,
+    ("lowrank", "stacked"): 4,
+    ("full", "linear"): 4,
+    ("full", "matmul"): 4,
+    ("full", "stacked"): 2,
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["lowrank", "full"])
+@pytest.mark.parametrize("mirrored", [True, False])
+def test_forward_passes_copy_nothing_to_the_device(kind, mirrored):
+    """Signs are made on the device once per population: no host copy in any call."""
+    make_backend("cupy")  # skips without CuPy
+    cupy = importlib.import_module("cupy")
+    audit = getattr(cupy, "_audit", None)
+    if audit is None:
+        pytest.skip("counts need the strict CuPy stand-in")
+    es = eo.Eggroll(
+        {"w": np.zeros((32, 16), np.float32)},
+        popsize=8,
+        rank=1,
+        mirrored=mirrored,
+        noise_kinds={"w": kind},
+        seed=0,
+        backend="cupy",
+    )
+    pop = es.ask()
+    rows = cupy.ones((4, 16), dtype=cupy.float32)
+    columns = cupy.ones((16, 4), dtype=cupy.float32)
+    calls = {
+        "linear": lambda: pop.linear("w", rows),
+        "matmul": lambda: pop.matmul("w", columns),
+        "stacked": lambda: pop.stacked("w"),
+    }
+    for name, call in calls.items():
+        for attempt in ("first", "again"):
+            audit.reset()
+            call()
+            counts = audit.snapshot()
+            assert counts["host_to_device"] == 0 and counts["syncs"] == 0, (name, counts)
+            extra = 3 if attempt == "first" else 0
+            assert counts["launches"] <= LAUNCHES[kind, name] + extra, (name, attempt, counts)
+        made = {name for kind_, name in audit.calls if kind_ == "launches"}
+        assert not {"full", "setitem"} & made  # the signs are kept, not made again
