@@ -19,6 +19,12 @@ work on ``{path: array}`` dicts of the trainable leaves. Conventions (shared by 
 States are nests of dicts/tuples whose leaves are arrays or Python ints, so a checkpoint stores
 them as plain arrays. Transforms compose with :func:`chain`, and ``adam`` is itself a chain.
 
+The code below is the reference, and what runs on NumPy. On CuPy, :func:`scale`,
+:func:`add_decayed_weights`, :func:`trace` and :func:`scale_by_adam` update each leaf with one
+fused element-wise kernel instead (:mod:`eggroll_opt._fused`), and consecutive ones in a
+:func:`chain` share it: a step of ``adam``, ``momentum`` or ``sgd`` is one launch per leaf, with
+the same buffer semantics and the same math.
+
 Example:
     >>> import numpy as np
     >>> opt = adam(0.1)
@@ -31,11 +37,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
+from . import _fused
 from ._backend import namespace_of
 
 Params = dict[str, Any]
@@ -64,25 +73,90 @@ class GradientTransformation(NamedTuple):
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
-    """Apply ``transforms`` one after another; the state is the tuple of their states."""
+    """Apply ``transforms`` one after another; the state is the tuple of their states.
+
+    On CuPy, each run of consecutive element-wise transforms of this module is one fused kernel
+    per leaf (see :class:`_Elementwise`).
+    """
+    runs = [
+        (elementwise, [position for position, _ in run])
+        for elementwise, run in itertools.groupby(
+            enumerate(transforms), key=lambda item: isinstance(item[1].update, _Elementwise)
+        )
+    ]
 
     def init(params: Params) -> State:
         return tuple(transform.init(params) for transform in transforms)
 
     def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-        new_state = []
-        for transform, inner in zip(transforms, state, strict=True):
-            grads, inner = transform.update(grads, inner, params)
-            new_state.append(inner)
+        new_state = list(state)
+        for elementwise, positions in runs:
+            if elementwise:
+                updates = [cast(_Elementwise, transforms[p].update) for p in positions]
+                inner = [state[p] for p in positions]
+                grads, inner = _update_elementwise(updates, grads, inner, params)
+                for position, one in zip(positions, inner, strict=True):
+                    new_state[position] = one
+            else:
+                for p in positions:
+                    grads, new_state[p] = transforms[p].update(grads, state[p], params)
         return grads, tuple(new_state)
 
     return GradientTransformation(init, update)
 
 
-def _stateless(function: Callable[[Params, Params], Params]) -> GradientTransformation:
-    return GradientTransformation(
-        lambda params: {}, lambda grads, state, params: (function(grads, params), state)
-    )
+@dataclass(frozen=True)
+class _Elementwise:
+    """The ``update`` of a transform that applies one element-wise step to each leaf.
+
+    Called as ``update(grads, state, params)``. On NumPy it runs ``reference``; on CuPy it runs
+    ``step`` (a function of :mod:`eggroll_opt._fused`) as one fused kernel per leaf, and
+    :func:`chain` joins the steps of consecutive element-wise transforms into one kernel.
+
+    Attributes:
+        reference: the update written as array operations (what NumPy runs).
+        step: ``step(g, *arrays, *scalars)``, or None for a transform that changes nothing.
+        arrays: ``(state, params, path) -> arrays``: what ``step`` takes after ``g``.
+        scalars: ``state -> scalars``: the step's scalar arguments for this update; it may
+            advance ``state`` in place (Adam's step count).
+    """
+
+    reference: Callable[[Params, State, Params], tuple[Params, State]]
+    step: _fused.Step | None = None
+    arrays: Callable[[State, Params, str], tuple[Any, ...]] = lambda state, params, path: ()
+    scalars: Callable[[State], tuple[float, ...]] = lambda state: ()
+
+    def __call__(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        grads, states = _update_elementwise([self], grads, [state], params)
+        return grads, states[0]
+
+
+def _update_elementwise(
+    updates: Sequence[_Elementwise], grads: Params, states: list[State], params: Params
+) -> tuple[Params, list[State]]:
+    """Run ``updates`` one after another: as one fused kernel per leaf on CuPy."""
+    fuse = _fused.fuser(grads.values())
+    if fuse is None:
+        new_states = []
+        for transform_update, state in zip(updates, states, strict=True):
+            grads, state = transform_update.reference(grads, state, params)
+            new_states.append(state)
+        return grads, new_states
+    steps, per_step = [], []
+    for transform_update, state in zip(updates, states, strict=True):
+        if transform_update.step is not None:
+            steps.append(transform_update.step)
+            scalars = [float(value) for value in transform_update.scalars(state)]
+            per_step.append((transform_update.arrays, state, scalars))
+    if steps:
+        kernel = _fused.kernel(fuse, tuple(steps))
+        for path, g in grads.items():
+            arguments = [g]
+            for arrays, state, scalars in per_step:
+                arguments.extend(arrays(state, params, path))
+                arguments.extend(scalars)
+            kernel(*arguments)
+    return grads, states
 
 
 def _zeros_like(params: Params) -> Params:
@@ -97,7 +171,14 @@ def _scale_in_place(grads: Params, factor: float) -> Params:
 
 def scale(factor: float) -> GradientTransformation:
     """Multiply updates by ``factor``."""
-    return _stateless(lambda grads, params: _scale_in_place(grads, factor))
+    return GradientTransformation(
+        lambda params: {},
+        _Elementwise(
+            lambda grads, state, params: (_scale_in_place(grads, factor), state),
+            _fused.scale,
+            scalars=lambda state: (factor,),
+        ),
+    )
 
 
 def _add_decay(grads: Params, params: Params, weight_decay: float) -> Params:
@@ -109,8 +190,18 @@ def _add_decay(grads: Params, params: Params, weight_decay: float) -> Params:
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
     """Add ``weight_decay * params`` to the updates (a no-op when it is 0)."""
     if weight_decay == 0:
-        return _stateless(lambda grads, params: grads)
-    return _stateless(lambda grads, params: _add_decay(grads, params, weight_decay))
+        return GradientTransformation(
+            lambda params: {}, _Elementwise(lambda grads, state, params: (grads, state))
+        )
+    return GradientTransformation(
+        lambda params: {},
+        _Elementwise(
+            lambda grads, state, params: (_add_decay(grads, params, weight_decay), state),
+            _fused.decay_weights,
+            arrays=lambda state, params, path: (params[path],),
+            scalars=lambda state: (weight_decay,),
+        ),
+    )
 
 
 def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
@@ -131,7 +222,15 @@ def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
                 g[...] = momentum_k
         return grads, state
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(
+        init,
+        _Elementwise(
+            update,
+            _fused.nesterov if nesterov else _fused.momentum,
+            arrays=lambda state, params, path: (state["momentum"][path],),
+            scalars=lambda state: (decay,),
+        ),
+    )
 
 
 def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
@@ -163,7 +262,21 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         state["count"] = count
         return grads, state
 
-    return GradientTransformation(init, update)
+    def advance(state: State) -> tuple[float, ...]:
+        """The fused step's scalars for the next count (which it stores in ``state``)."""
+        count = state["count"] = state["count"] + 1
+        mu_correction, nu_correction = 1 - b1**count, 1 - b2**count
+        return b1, b2, eps, 1 / mu_correction, 1 / nu_correction**0.5
+
+    return GradientTransformation(
+        init,
+        _Elementwise(
+            update,
+            _fused.adam,
+            arrays=lambda state, params, path: (state["mu"][path], state["nu"][path]),
+            scalars=advance,
+        ),
+    )
 
 
 def sgd(learning_rate: float, *, weight_decay: float = 0.0) -> GradientTransformation:

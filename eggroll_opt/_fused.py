@@ -1,0 +1,119 @@
+"""The optimizers' element-wise steps, fused into one CuPy kernel per leaf.
+
+On a GPU, each array operation of an optimizer step is a kernel launch that reads and writes the
+whole leaf: Adam's reference code in :mod:`eggroll_opt.optim` takes a dozen per leaf, plus one
+for the decoupled weight decay and one for the learning rate of its chain. Each step here is one
+function of element-wise operations on one leaf's arrays that updates them in place, in the
+order and the dtypes of the reference code, so that NumPy runs it with the same roundings. On
+CuPy, :func:`kernel` composes the steps of a chain (Adam's moments and direction, the weight
+decay, the learning rate) and hands them to ``cupy.fuse``, which traces them into one
+element-wise kernel: one launch per leaf, each array read and written once.
+
+A step is ``step(g, *arrays, *scalars)``: ``g`` is the leaf's gradient, which it turns into the
+update; ``arrays`` are the leaf's optimizer state (and parameters) that it reads or updates;
+``scalars`` are Python floats. Hyperparameters and Adam's bias corrections are arguments, not
+constants baked into the source, so a kernel is compiled once per chain of steps and per dtype,
+for every optimizer instance and every generation.
+
+What awaits a GPU run: the kernels are checked on the CPU only, by running these functions on
+NumPy arrays against the reference transforms, and through ``cupy.fuse`` of the strict CuPy
+stand-in (``tests/strict_cupy``), which runs them as written and counts one launch per call. The
+CUDA compiler may contract a product and a sum into one fused multiply-add, so on a GPU the
+results agree with the reference to rounding, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._backend import is_cupy_array, namespace_of
+
+Step = Callable[..., None]
+
+
+def adam(
+    g: Any,
+    mu: Any,
+    nu: Any,
+    b1: float,
+    b2: float,
+    eps: float,
+    inverse_mu_correction: float,
+    inverse_root_nu_correction: float,
+) -> None:
+    """Adam's moments and direction (Kingma & Ba 2015, Algorithm 1), in place.
+
+    ``mu = b1 mu + (1 - b1) g``, ``nu = b2 nu + (1 - b2) g²`` (each computed as
+    ``b (m - x) + x``, as the reference does), then
+    ``g = mu / (1 - b1^t) / (sqrt(nu / (1 - b2^t)) + eps)`` with the two corrections given as
+    ``1 / (1 - b1^t)`` and ``1 / sqrt(1 - b2^t)``.
+    """
+    xp = namespace_of(g)
+    mu[...] = (mu - g) * b1 + g
+    square = g * g
+    nu[...] = (nu - square) * b2 + square
+    g[...] = mu / (xp.sqrt(nu) * inverse_root_nu_correction + eps) * inverse_mu_correction
+
+
+def momentum(g: Any, velocity: Any, decay: float) -> None:
+    """Heavy-ball momentum: ``velocity = decay * velocity + g``, then ``g = velocity``."""
+    velocity[...] = velocity * decay + g
+    g[...] = velocity
+
+
+def nesterov(g: Any, velocity: Any, decay: float) -> None:
+    """Nesterov momentum: ``velocity = decay * velocity + g``, then ``g += decay * velocity``."""
+    velocity[...] = velocity * decay + g
+    g += decay * velocity
+
+
+def decay_weights(g: Any, params: Any, weight_decay: float) -> None:
+    """Decoupled weight decay in place: ``g += weight_decay * params``."""
+    g += weight_decay * params
+
+
+def scale(g: Any, factor: float) -> None:
+    """``g *= factor`` (the learning rate, with its sign)."""
+    g *= factor
+
+
+def compose(steps: tuple[Step, ...]) -> Step:
+    """One function that runs ``steps`` in order on a leaf.
+
+    It takes ``g`` and then each step's other arguments, one step after the other.
+    """
+    counts = tuple(step.__code__.co_argcount - 1 for step in steps)
+
+    def composed(g: Any, *arguments: Any) -> None:
+        start = 0
+        for step, count in zip(steps, counts, strict=True):
+            step(g, *arguments[start : start + count])
+            start += count
+
+    # cupy.fuse names the kernel after the function: a C identifier.
+    composed.__name__ = composed.__qualname__ = "eggroll_" + "_".join(s.__name__ for s in steps)
+    return composed
+
+
+@functools.cache
+def kernel(fuse: Callable[[Step], Step], steps: tuple[Step, ...]) -> Step:
+    """``fuse`` of :func:`compose` of ``steps``, made once per chain of steps.
+
+    ``cupy.fuse`` compiles the kernel at its first call for each set of argument dtypes and
+    dimensions, and keeps it.
+    """
+    return fuse(compose(steps))
+
+
+def fuser(arrays: Iterable[Any]) -> Callable[[Step], Step] | None:
+    """``cupy.fuse`` if ``arrays`` are CuPy arrays (and the module has it), else None.
+
+    None means: run the reference array operations (NumPy, or empty ``arrays``).
+    """
+    first = next(iter(arrays), None)
+    if first is None or not is_cupy_array(first):
+        return None
+    fuse: Callable[[Step], Step] | None = getattr(namespace_of(first), "fuse", None)
+    return fuse
