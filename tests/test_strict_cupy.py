@@ -240,3 +240,10 @@ def test_the_environment_variable_turns_it_on_here_and_in_child_processes():
 
 def _environment() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key != "EGGROLL_STRICT_CUPY"}
+
+
+def test_host_data_given_to_asarray_is_copied_not_shared(cupy):
+    host = np.zeros(3)
+    device = cupy.asarray(host)
+    host[:] = 7  # the device copy must not see this
+    assert float(device.sum()) == 0.0

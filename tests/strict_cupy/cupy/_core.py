@@ -230,6 +230,8 @@ def run(
     raw_kwargs = {key: unwrap(value, inputs, host=host) for key, value in kwargs.items()}
     if host and is_host_data(args[:1]):
         audit.copy_to_device(name)
+        if isinstance(raw_args[0], np.ndarray):  # a copy, as on a real device: never shared
+            raw_args = (raw_args[0].copy(), *raw_args[1:])
     result = function(*raw_args, **raw_kwargs)
     writes = writes or kwargs.get("out") is not None or result is None
     if (writes or _computed(result, inputs)) and (inputs or not host):
