@@ -19,6 +19,10 @@ Sections (each a table in the report, every row also in the JSON file):
   (:mod:`benchmarks.blackbox`; here d = 10 and 100, or the sphere and the row x column
   ellipsoid with ``--quick``; d = 1024 and 4096 run with ``python -m benchmarks.blackbox``,
   see ``docs/blackbox.md``).
+* ``sequence``: a 1.15M-parameter character language model (embedding, minGRU, layer norm,
+  head) at popsize 256, 4096 and 16384: time and peak memory per generation, the population
+  forward beside plain batch inference of the same model, OpenES where its noise fits
+  (:mod:`benchmarks.sequence`; toy sizes with ``--quick``).
 
 Timings: warm-up, then repeats; medians with min-max. Peak memory: tracemalloc (NumPy) or the
 CuPy pool's growth. Ratios are taken between rows of the same run.
@@ -43,6 +47,7 @@ from eggroll_opt._backend import Backend, get_backend
 from ._measure import describe, machine, peak_bytes, synchronize, time_call
 from .blackbox import markdown_blackbox, section_blackbox
 from .peers import markdown_peers, section_peers
+from .sequence import markdown_sequence, section_sequence
 
 GB = 2**30
 MB = 2**20
@@ -490,6 +495,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [markdown_peers(result["sections"]["peers"]), ""]
     if result["sections"].get("blackbox"):
         lines += [markdown_blackbox(result["sections"]["blackbox"]), ""]
+    if result["sections"].get("sequence"):
+        lines += [markdown_sequence(result["sections"]["sequence"]), ""]
     forward = result["sections"].get("forward", [])
     if forward:
         lines += [
@@ -578,13 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections",
         default=None,
-        help="comma-separated subset of scale,popsize,rank,convergence,forward,blackbox,peers "
+        help="comma-separated subset of scale,popsize,rank,convergence,forward,blackbox,"
+        "sequence,peers "
         "(default: all; --quick leaves out peers)",
     )
     args = parser.parse_args(argv)
     backend = get_backend(args.backend)
     cap = args.memory_cap_gb * GB
-    all_sections = "scale,popsize,rank,convergence,forward,blackbox" + (
+    all_sections = "scale,popsize,rank,convergence,forward,blackbox,sequence" + (
         "" if args.quick else ",peers"
     )
     wanted = set((args.sections or all_sections).split(","))
@@ -628,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         sections["blackbox"] = section_blackbox(
             quick, dims=None if quick else [10, 100], progress=None
         )
+    if "sequence" in wanted:
+        sections["sequence"] = section_sequence(quick, backend=backend, memory_cap=cap)
     result = {
         "backend": backend.name,
         "mode": "quick" if quick else "full",
