@@ -6,8 +6,9 @@ for the decoupled weight decay and one for the learning rate of its chain. Each 
 function of element-wise operations on one leaf's arrays that updates them in place, in the
 order and the dtypes of the reference code, so that NumPy runs it with the same roundings. On
 CuPy, :func:`kernel` composes the steps of a chain (Adam's moments and direction, the weight
-decay, the learning rate) and hands them to ``cupy.fuse``, which traces them into one
-element-wise kernel: one launch per leaf, each array read and written once.
+decay, the learning rate, and for an optimizer's ``apply`` the sum ``params + update`` written
+to the new parameters) and hands them to ``cupy.fuse``, which traces them into one element-wise
+kernel: one launch per leaf, each array read and written once.
 
 A step is ``step(g, *arrays, *scalars)``: ``g`` is the leaf's gradient, which it turns into the
 update; ``arrays`` are the leaf's optimizer state (and parameters) that it reads or updates;
@@ -77,6 +78,16 @@ def decay_weights(g: Any, params: Any, weight_decay: float) -> None:
 def scale(g: Any, factor: float) -> None:
     """``g *= factor`` (the learning rate, with its sign)."""
     g *= factor
+
+
+def add_update(g: Any, params: Any, out: Any) -> None:
+    """The new parameters: ``out = params + g``, where ``g`` is by now the update.
+
+    The last step of an optimizer's ``apply`` (see :mod:`eggroll_opt.optim`): the sum is cast to
+    ``out``'s dtype as ``xp.asarray(params + update, dtype=out.dtype)`` would be, and ``params``
+    is only read, so the old parameters stay what they were.
+    """
+    out[...] = params + g
 
 
 def compose(steps: tuple[Step, ...]) -> Step:

@@ -17,7 +17,8 @@ Fitness is arbitrary: raw values of 1e20, 1e308 or mixed ``±1e308`` reach the u
   beyond any normal run; a custom optimizer is always copied. The gradient's bound is known on
   the host before the step (every normal of the generator is below ``MAX_NORMAL``), so the
   check costs no read-back; the norms and the new mean's norms come back in one transfer
-  (:func:`read_back`).
+  (:func:`read_back`). The new mean is written into one buffer per dtype (:func:`packed_like`),
+  so that one norm per dtype checks all its leaves.
 """
 
 from __future__ import annotations
@@ -97,6 +98,38 @@ def copy_tree(tree: Any) -> Any:
         copied = [copy_tree(value) for value in tree]
         return type(tree)(*copied) if hasattr(tree, "_fields") else type(tree)(copied)
     return tree.copy() if hasattr(tree, "copy") and hasattr(tree, "dtype") else tree
+
+
+def packed_like(
+    xp: Any, arrays: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, tuple[Any, list[str]]]]:
+    """Fresh arrays shaped and typed like ``arrays``: views of one flat buffer per dtype.
+
+    Returns ``(views, groups)``: ``views[path]`` is C-contiguous, uninitialised, and shares no
+    memory with ``arrays``; ``groups[dtype name]`` is ``(buffer, paths)``, the flat buffer and
+    the paths whose views lie in it. One reduction over a buffer covers all its leaves (the new
+    mean's norms: one launch per dtype instead of one per leaf). A view keeps its whole buffer
+    alive.
+
+    Example:
+        >>> views, groups = packed_like(np, {"w": np.ones((2, 3)), "b": np.ones(3)})
+        >>> views["w"].shape, groups["float64"][0].shape, groups["float64"][1]
+        ((2, 3), (9,), ['w', 'b'])
+    """
+    members: dict[str, list[str]] = {}
+    for path, array in arrays.items():
+        members.setdefault(np.dtype(array.dtype).name, []).append(path)
+    views: dict[str, Any] = {}
+    groups: dict[str, tuple[Any, list[str]]] = {}
+    for name, paths in members.items():
+        sizes = [math.prod(arrays[path].shape) for path in paths]
+        buffer = xp.empty(sum(sizes), dtype=name)
+        start = 0
+        for path, size in zip(paths, sizes, strict=True):
+            views[path] = buffer[start : start + size].reshape(arrays[path].shape)
+            start += size
+        groups[name] = (buffer, paths)
+    return views, groups
 
 
 def read_back(xp: Any, *groups: Mapping[str, Any]) -> tuple[dict[str, float], ...]:

@@ -594,6 +594,12 @@ class Eggroll:
         overflow is possible (see :mod:`eggroll_opt._safe_step`); ``bounds`` (``max |g|`` per
         leaf, known on the host) decide that. Everything checked afterwards (the gradient norms
         and the new mean's norms) is read back from the device in one transfer.
+
+        The new mean is made of new arrays (the old one stays valid for its population): views
+        of one buffer per dtype (:func:`~eggroll_opt._safe_step.packed_like`), so one norm per
+        dtype checks them all. With an optimizer that offers ``apply`` (the built-in ones), the
+        step writes them itself: on CuPy one fused kernel per leaf does the optimizer's step and
+        ``mean + update``, bit for bit what ``update`` and the sum give on NumPy.
         """
         xp = self._backend.xp
         trainable = self._trainable()
@@ -611,18 +617,28 @@ class Eggroll:
             path: _safe_step.leaf_norm(xp, g) if risky else xp.linalg.norm(g.reshape(-1))
             for path, g in grads.items()
         }
+        apply = self._optimizer.apply if self._adaptation is None else None
         with np.errstate(over="ignore", invalid="ignore"):
-            updates, opt_state = self._optimizer.update(grads, self._opt_state, trainable)
-            if self._adaptation is not None:
-                updates = self._follow_sigma(updates, population)
-            params = dict(self._params)  # new arrays: the old mean stays valid for its population
-            for path, update in updates.items():
-                params[path] = xp.asarray(params[path] + update, dtype=params[path].dtype)
-            mean_norms = {path: xp.linalg.norm(params[path].reshape(-1)) for path in updates}
-        norms, peaks = _safe_step.read_back(xp, grad_norms, mean_norms)
-        for path, peak in peaks.items():
-            if math.isinf(peak):  # the squares overflowed, or the mean did: look closer
-                peaks[path] = _safe_step.peak_magnitude(xp, params[path])
+            if apply is not None:
+                new_mean, groups = _safe_step.packed_like(xp, {p: trainable[p] for p in grads})
+                _, opt_state = apply(grads, self._opt_state, trainable, new_mean)
+            else:
+                updates, opt_state = self._optimizer.update(grads, self._opt_state, trainable)
+                if self._adaptation is not None:
+                    updates = self._follow_sigma(updates, population)
+                new_mean, groups = _safe_step.packed_like(
+                    xp, {path: self._params[path] for path in updates}
+                )
+                for path, update in updates.items():
+                    xp.add(self._params[path], update, out=new_mean[path])
+            group_norms = {name: xp.linalg.norm(buffer) for name, (buffer, _) in groups.items()}
+        norms, group_peaks = _safe_step.read_back(xp, grad_norms, group_norms)
+        # A dtype's norm bounds max |μ| of each of its leaves; where it is inf (the squares
+        # overflowed, or the mean did), each leaf's own max |μ| is read back instead.
+        peaks = {path: group_peaks[name] for name, (_, paths) in groups.items() for path in paths}
+        closer = {path: new_mean[path] for path, peak in peaks.items() if math.isinf(peak)}
+        if closer:
+            peaks.update(_safe_step.peak_magnitudes(xp, closer))
         gradient_ok = all(math.isfinite(norm) for norm in norms.values())
         finite = gradient_ok and all(math.isfinite(peak) for peak in peaks.values())
         if finite and snapshot is not None:
@@ -631,8 +647,8 @@ class Eggroll:
             if snapshot is not None:
                 self._opt_state = snapshot
             raise self._non_finite(values, "step" if gradient_ok else "search gradient")
-        self._param_peaks = peaks  # ‖μ‖₂ >= max |μ|: a bound for the next step's check
-        return params, opt_state, norms
+        self._param_peaks = peaks  # bounds on max |μ| per leaf for the next step's check
+        return {**self._params, **new_mean}, opt_state, norms
 
     def _largest_noise_scale(self, population: Population) -> float:
         """The largest σ times noise scale of any leaf (what the step is multiplied by)."""

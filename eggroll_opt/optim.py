@@ -6,6 +6,11 @@ work on ``{path: array}`` dicts of the trainable leaves. Conventions (shared by 
 * ``update(grads, state, params)`` receives the gradient of a **loss to minimize** (the strategy
   passes the negated ascent direction of shaped fitness) and returns ``(updates, new_state)``;
   the new parameters are ``params + updates``.
+* ``apply(grads, state, params, out)``, where a transform has it, does the same and then writes
+  ``params + updates`` (cast to ``out``'s dtypes) into the arrays of ``out``, and returns
+  ``(out, new_state)``: the step and the new parameters in one pass, bit for bit what ``update``
+  then ``params + updates`` give on NumPy. ``out`` holds fresh arrays shaped like ``params``
+  for each path of ``grads``; ``params`` is never modified.
 * ``learning_rate`` multiplies the final direction, so ``sgd`` moves by ``-learning_rate * g``.
 * ``weight_decay`` is decoupled (AdamW style): ``-learning_rate * weight_decay * params`` is
   added to the step; for plain SGD this equals L2 regularisation.
@@ -23,7 +28,8 @@ The code below is the reference, and what runs on NumPy. On CuPy, :func:`scale`,
 :func:`add_decayed_weights`, :func:`trace` and :func:`scale_by_adam` update each leaf with one
 fused element-wise kernel instead (:mod:`eggroll_opt._fused`), and consecutive ones in a
 :func:`chain` share it: a step of ``adam``, ``momentum`` or ``sgd`` is one launch per leaf, with
-the same buffer semantics and the same math.
+the same buffer semantics and the same math. Their ``apply`` adds the sum into the new
+parameters to that kernel: still one launch per leaf, where ``update`` and the sum took two.
 
 Example:
     >>> import numpy as np
@@ -32,6 +38,9 @@ Example:
     >>> state = opt.init(params)
     >>> updates, state = opt.update({"w": np.ones(3)}, state, params)  # may reuse the buffers
     >>> updates["w"]
+    array([-0.1, -0.1, -0.1])
+    >>> new_params, state = opt.apply({"w": np.ones(3)}, state, params, {"w": np.empty(3)})
+    >>> new_params["w"]
     array([-0.1, -0.1, -0.1])
 """
 
@@ -65,18 +74,28 @@ __all__ = [
 ]
 
 
+Apply = Callable[[Params, State, Params, Params], tuple[Params, State]]
+
+
 class GradientTransformation(NamedTuple):
-    """A pure optimizer: ``init(params) -> state``, ``update(grads, state, params)``."""
+    """A pure optimizer: ``init(params) -> state``, ``update(grads, state, params)``.
+
+    ``apply(grads, state, params, out) -> (out, state)`` is optional (None: not offered): the
+    step of ``update`` with ``params + updates`` written into ``out`` in the same pass (see the
+    module docstring). A strategy uses it when it is there, and ``update`` then the sum when not.
+    """
 
     init: Callable[[Params], State]
     update: Callable[[Params, State, Params], tuple[Params, State]]
+    apply: Apply | None = None
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply ``transforms`` one after another; the state is the tuple of their states.
 
     On CuPy, each run of consecutive element-wise transforms of this module is one fused kernel
-    per leaf (see :class:`_Elementwise`).
+    per leaf (see :class:`_Elementwise`). The chain has an ``apply`` when its last transform is
+    element-wise (the sum joins the last run's kernel) or has an ``apply`` of its own.
     """
     runs = [
         (elementwise, [position for position, _ in run])
@@ -88,21 +107,49 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     def init(params: Params) -> State:
         return tuple(transform.init(params) for transform in transforms)
 
+    def run(
+        grads: Params,
+        state: State,
+        new_state: list[State],
+        params: Params,
+        elementwise: bool,
+        positions: list[int],
+        out: Params | None = None,
+    ) -> Params:
+        """Run the transforms at ``positions`` (and the sum into ``out``, if given)."""
+        if elementwise:
+            updates = [cast(_Elementwise, transforms[p].update) for p in positions]
+            inner = [state[p] for p in positions]
+            grads, inner = _update_elementwise(updates, grads, inner, params, out)
+            for position, one in zip(positions, inner, strict=True):
+                new_state[position] = one
+            return grads
+        *leading, last = positions
+        for p in leading:
+            grads, new_state[p] = transforms[p].update(grads, state[p], params)
+        if out is None:
+            grads, new_state[last] = transforms[last].update(grads, state[last], params)
+        else:
+            apply = cast(Apply, transforms[last].apply)
+            grads, new_state[last] = apply(grads, state[last], params, out)
+        return grads
+
     def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
         new_state = list(state)
         for elementwise, positions in runs:
-            if elementwise:
-                updates = [cast(_Elementwise, transforms[p].update) for p in positions]
-                inner = [state[p] for p in positions]
-                grads, inner = _update_elementwise(updates, grads, inner, params)
-                for position, one in zip(positions, inner, strict=True):
-                    new_state[position] = one
-            else:
-                for p in positions:
-                    grads, new_state[p] = transforms[p].update(grads, state[p], params)
+            grads = run(grads, state, new_state, params, elementwise, positions)
         return grads, tuple(new_state)
 
-    return GradientTransformation(init, update)
+    def apply(grads: Params, state: State, params: Params, out: Params) -> tuple[Params, State]:
+        new_state = list(state)
+        *leading, (last_elementwise, last_positions) = runs
+        for elementwise, positions in leading:
+            grads = run(grads, state, new_state, params, elementwise, positions)
+        run(grads, state, new_state, params, last_elementwise, last_positions, out)
+        return out, tuple(new_state)
+
+    offers_apply = bool(runs) and (runs[-1][0] or transforms[-1].apply is not None)
+    return GradientTransformation(init, update, apply if offers_apply else None)
 
 
 @dataclass(frozen=True)
@@ -112,6 +159,7 @@ class _Elementwise:
     Called as ``update(grads, state, params)``. On NumPy it runs ``reference``; on CuPy it runs
     ``step`` (a function of :mod:`eggroll_opt._fused`) as one fused kernel per leaf, and
     :func:`chain` joins the steps of consecutive element-wise transforms into one kernel.
+    :meth:`apply` is the transform's ``apply``: the same, with the sum into the new parameters.
 
     Attributes:
         reference: the update written as array operations (what NumPy runs).
@@ -130,17 +178,39 @@ class _Elementwise:
         grads, states = _update_elementwise([self], grads, [state], params)
         return grads, states[0]
 
+    def apply(
+        self, grads: Params, state: State, params: Params, out: Params
+    ) -> tuple[Params, State]:
+        """The update, and ``params + update`` written into ``out``, in one pass per leaf."""
+        _, states = _update_elementwise([self], grads, [state], params, out)
+        return out, states[0]
+
+
+def _transform(init: Callable[[Params], State], update: _Elementwise) -> GradientTransformation:
+    """The transform of an element-wise ``update``, with its ``apply``."""
+    return GradientTransformation(init, update, update.apply)
+
 
 def _update_elementwise(
-    updates: Sequence[_Elementwise], grads: Params, states: list[State], params: Params
+    updates: Sequence[_Elementwise],
+    grads: Params,
+    states: list[State],
+    params: Params,
+    out: Params | None = None,
 ) -> tuple[Params, list[State]]:
-    """Run ``updates`` one after another: as one fused kernel per leaf on CuPy."""
+    """Run ``updates`` one after another: as one fused kernel per leaf on CuPy.
+
+    With ``out``, ``params + update`` is then written into ``out`` (in the same kernel on CuPy).
+    """
     fuse = _fused.fuser(grads.values())
     if fuse is None:
         new_states = []
         for transform_update, state in zip(updates, states, strict=True):
             grads, state = transform_update.reference(grads, state, params)
             new_states.append(state)
+        if out is not None:
+            for path, update in grads.items():
+                namespace_of(update).add(params[path], update, out=out[path])
         return grads, new_states
     steps, per_step = [], []
     for transform_update, state in zip(updates, states, strict=True):
@@ -148,6 +218,9 @@ def _update_elementwise(
             steps.append(transform_update.step)
             scalars = [float(value) for value in transform_update.scalars(state)]
             per_step.append((transform_update.arrays, state, scalars))
+    if out is not None:
+        steps.append(_fused.add_update)
+        per_step.append((lambda state, params, path: (params[path], out[path]), None, []))
     if steps:
         kernel = _fused.kernel(fuse, tuple(steps))
         for path, g in grads.items():
@@ -171,7 +244,7 @@ def _scale_in_place(grads: Params, factor: float) -> Params:
 
 def scale(factor: float) -> GradientTransformation:
     """Multiply updates by ``factor``."""
-    return GradientTransformation(
+    return _transform(
         lambda params: {},
         _Elementwise(
             lambda grads, state, params: (_scale_in_place(grads, factor), state),
@@ -190,10 +263,10 @@ def _add_decay(grads: Params, params: Params, weight_decay: float) -> Params:
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
     """Add ``weight_decay * params`` to the updates (a no-op when it is 0)."""
     if weight_decay == 0:
-        return GradientTransformation(
+        return _transform(
             lambda params: {}, _Elementwise(lambda grads, state, params: (grads, state))
         )
-    return GradientTransformation(
+    return _transform(
         lambda params: {},
         _Elementwise(
             lambda grads, state, params: (_add_decay(grads, params, weight_decay), state),
@@ -222,7 +295,7 @@ def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
                 g[...] = momentum_k
         return grads, state
 
-    return GradientTransformation(
+    return _transform(
         init,
         _Elementwise(
             update,
@@ -268,7 +341,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         mu_correction, nu_correction = 1 - b1**count, 1 - b2**count
         return b1, b2, eps, 1 / mu_correction, 1 / nu_correction**0.5
 
-    return GradientTransformation(
+    return _transform(
         init,
         _Elementwise(
             update,

@@ -74,6 +74,29 @@ def test_tell_reads_back_once(cupy):
         assert _syncs(cupy) - before == 1
 
 
+def test_tell_launches_one_fused_step_per_leaf_and_one_mean_norm_per_dtype(cupy):
+    audit = getattr(cupy, "_audit", None)
+    if audit is None:
+        pytest.skip("launch counts need the strict CuPy stand-in")
+    es = _strategy(backend="cupy")
+    es.ask()
+    es.tell(np.arange(8.0))
+    es.ask()
+    audit.reset()
+    es.tell(np.arange(8.0)[::-1])
+    calls = {name: count for (kind, name), count in audit.calls.items() if kind == "launches"}
+    assert calls == {
+        "multiply": 1,  # the low-rank leaf's weights times its left factors
+        "matmul": 1,  # its gradient
+        "tensordot": 1,  # the full leaf's gradient
+        "norm": 3,  # each gradient's, and one for the float32 mean
+        "empty": 1,  # the new mean's buffer (an allocation, no kernel, on CuPy)
+        "fuse:eggroll_adam_scale_add_update": 2,  # Adam and `mean + update`, per leaf
+        "stack": 1,  # the norms, for the one read-back
+    }  # was 12: a separate `add` per leaf and a mean norm per leaf
+    assert audit.syncs == 1
+
+
 def test_params_layers_move_a_host_input_to_the_device(cupy):
     es = eo.Eggroll(
         {"c": {"w": np.zeros((4, 1, 3, 3), np.float32)}, "out": {"w": np.zeros((3, 144))}},

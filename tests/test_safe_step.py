@@ -97,6 +97,58 @@ def test_huge_raw_fitness_is_summed_in_a_safe_scale() -> None:
         np.testing.assert_array_equal(plain.params[path], scaled.params[path])
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "momentum"])
+def test_the_fused_apply_gives_what_update_then_the_sum_gives(optimizer: str) -> None:
+    # The built-in optimizer writes the new mean itself (`apply`); the same optimizer without
+    # `apply` takes `update` and then `mean + update` (and, being custom, the guarded path).
+    params = {"w": np.zeros((6, 5), np.float32), "b": np.ones(5), "c": np.ones(3, np.float32)}
+    settings_ = {"popsize": 8, "sigma": 0.1, "learning_rate": 0.05, "seed": 0, "backend": "numpy"}
+    fused = eo.Eggroll(params, optimizer=optimizer, **settings_)  # type: ignore[arg-type]
+    plain_optimizer = eo.optim.get_optimizer(optimizer, 0.05)._replace(apply=None)
+    plain = eo.Eggroll(params, optimizer=plain_optimizer, **settings_)  # type: ignore[arg-type]
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        fitness = rng.standard_normal(8)
+        fused.ask()
+        plain.ask()
+        assert fused.tell(fitness).gradient_norm == plain.tell(fitness).gradient_norm
+        _assert_same(_state(fused), _state(plain))
+    assert {k: v.dtype for k, v in fused.params.items()} == {k: v.dtype for k, v in params.items()}
+
+
+def test_the_old_mean_stays_valid_for_its_population() -> None:
+    es = _strategy()
+    es.ask()
+    es.tell(np.arange(8.0))
+    population = es.ask()
+    old = {key: np.array(value) for key, value in population.base.items()}
+    members = [np.array(member.params()["w"]) for member in population]
+    es.tell(np.arange(8.0)[::-1])
+    for key, value in population.base.items():
+        np.testing.assert_array_equal(value, old[key])
+        assert not np.shares_memory(value, es.params[key])
+    for member, before in zip(population, members, strict=True):
+        np.testing.assert_array_equal(member.params()["w"], before)
+
+
+def test_a_mean_whose_squares_overflow_is_bounded_leaf_by_leaf() -> None:
+    # One norm per dtype checks the new mean; the float32 one overflows in its squares (the
+    # mean is finite), so each float32 leaf's max |mean| is read back instead.
+    params = {"w": np.full((4, 3), 1e30, np.float32), "b": np.ones(3, np.float32)}
+    es = eo.Eggroll(
+        {**params, "d": np.ones(3), "e": np.ones(2)}, popsize=8, sigma=0.1, learning_rate=0.01
+    )
+    for _ in range(2):
+        es.ask()
+        assert math.isfinite(es.tell(np.arange(8.0)).gradient_norm)
+    peaks = es._param_peaks
+    assert peaks["w"] == float(np.abs(es.params["w"]).max()) and 1e29 < peaks["w"] < 1e31
+    assert peaks["b"] == float(np.abs(es.params["b"]).max())
+    # The float64 leaves share their dtype's norm: a bound on each one's max |mean|.
+    both = np.concatenate([es.params["d"], es.params["e"]])
+    assert peaks["d"] == peaks["e"] == float(np.linalg.norm(both))
+
+
 def test_split_exponent_is_exact_and_leaves_normal_weights_alone() -> None:
     weights = np.array([0.5, -0.25, 3.0])
     assert split_exponent(weights)[1] == 0 and split_exponent(weights)[0] is weights
