@@ -260,3 +260,99 @@ def test_non_differentiable_example_learns(capsys):
         assert eggroll["final"] < eggroll["initial"], name  # EGGROLL improved the objective
         assert eggroll["final"] < gradient["after_score"], name  # and beat gradient descent
     assert "| tsp | OpenES |" in capsys.readouterr().out
+
+
+def test_char_lm_example_learns_and_compares(tmp_path, capsys):
+    import math
+
+    char_lm = _load("char_lm")
+    plot = tmp_path / "char_lm.png"
+    result = char_lm.main(["--quick", "--plot", str(plot)])
+    ngrams, eggroll = result["ngrams"], result["eggroll"]
+    assert 4.5 < ngrams["unigram"] < 4.8 and 3.2 < ngrams["bigram"] < 3.5  # Python's docs
+    held_out = eggroll["curve"]["held-out"]
+    assert abs(held_out[0] - math.log2(103)) < 1e-3  # a zero output layer: uniform over 103
+    assert eggroll["bpc"] < ngrams["unigram"]  # the quick run already beats the unigram model
+    out = capsys.readouterr().out
+    assert "| unigram (add-one) | counts |" in out and "EGGROLL sample: 'The " in out
+    if result["adam"] is None:
+        assert "skipped: PyTorch is not installed" in out
+    else:  # the baseline trained for EGGROLL's training time and learned too
+        assert result["adam"]["seconds"] >= eggroll["seconds"]
+        assert result["adam"]["bpc"] < held_out[0] - 1
+    assert plot.stat().st_size > 0
+
+
+def test_char_lm_resumes_bit_identically_and_runs_without_torch(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    char_lm = _load("char_lm")
+    monkeypatch.setattr(char_lm, "torch_available", lambda: False)
+    small = ["--quick", "--sample-every", "0", "--evaluate-every", "3"]
+    checkpoint = str(tmp_path / "lm.npz")
+    straight = char_lm.main([*small, "--generations", "6"])
+    char_lm.main([*small, "--generations", "3", "--checkpoint", checkpoint])
+    resumed = char_lm.main([*small, "--generations", "6", "--checkpoint", checkpoint, "--resume"])
+    assert "resumed" in capsys.readouterr().out
+    assert resumed["eggroll"]["generations"] == 6
+    assert resumed["eggroll"]["curve"]["generation"] == [0, 3, 6]
+    for name, layer in straight["eggroll"]["params"].items():
+        for key, leaf in layer.items():
+            np.testing.assert_array_equal(resumed["eggroll"]["params"][name][key], leaf)
+    assert resumed["eggroll"]["bpc"] == straight["eggroll"]["bpc"]
+    assert resumed["adam"] is None and "PyTorch is not installed" in resumed["baseline"]
+    with pytest.raises(ValueError, match=r"`--popsize` is 32 but the checkpoint .* with 128"):
+        char_lm.main([*small, "--popsize", "32", "--checkpoint", checkpoint, "--resume"])
+    other = tmp_path / "other.txt"
+    other.write_text("abc" * 200, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"vocabulary of 3 characters that does not match"):
+        char_lm.main(
+            [*small, "--text", str(other), "--prompt", "a", "--checkpoint", checkpoint, "--resume"]
+        )
+    with pytest.raises(FileNotFoundError, match=r"`--resume`: the checkpoint file .*missing"):
+        char_lm.main([*small, "--checkpoint", str(tmp_path / "missing.npz"), "--resume"])
+
+
+@pytest.mark.parametrize(
+    "text, options, error, message",
+    [
+        (None, ["--text", "MISSING"], FileNotFoundError, r"`--text` '.*MISSING' does not exist"),
+        ("", [], ValueError, r"`--text` '.*' is empty"),
+        (b"\xff\xfe\x00abc", [], ValueError, r"`--text` '.*' is not UTF-8 text"),
+        ("DIR", [], ValueError, r"`--text` '.*' is a folder"),
+        ("abcdefgh", ["--seq-len", "16"], ValueError, r"too short for `--seq-len` 16"),
+        ("abc" * 100, ["--seq-len", "0"], ValueError, r"`--seq-len` must be at least 1, got 0"),
+        ("abc" * 100, ["--popsize", "7"], ValueError, r"`--popsize` must be even .* got 7"),
+        ("abc" * 100, ["--held-out", "1.5"], ValueError, r"`--held-out` must be .* got 1.5"),
+        ("abc" * 100, ["--sigma", "-1"], ValueError, r"`--sigma` must be a positive .* -1.0"),
+        ("abc" * 100, ["--resume"], ValueError, r"`--resume` needs `--checkpoint PATH`"),
+        ("abc" * 100, [], ValueError, r"`--prompt` 'The ' holds characters that are not in"),
+    ],
+    ids=[
+        "missing",
+        "empty",
+        "not-utf8",
+        "folder",
+        "too-short",
+        "seq-len-0",
+        "odd-popsize",
+        "held-out",
+        "sigma",
+        "resume",
+        "prompt",
+    ],
+)
+def test_char_lm_names_bad_input(tmp_path, text, options, error, message):
+    char_lm = _load("char_lm")
+    argv = ["--quick", "--sample-every", "0"]
+    if text == "DIR":
+        argv += ["--text", str(tmp_path)]
+    elif text is not None:
+        path = tmp_path / "text.txt"
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+        argv += ["--text", str(path)]
+    with pytest.raises(error, match=message):
+        char_lm.main(argv + options)
