@@ -14,7 +14,7 @@ What is measured, per strategy and popsize, side by side in one process:
   runs over ``Population.split(chunk)`` parts, one after the other.
 * *population forward*: the logits of every member of one population (asked once), through
   :class:`eggroll_opt.nn.PopulationLayers`.
-* *plain inference*: the logits of ONE model (the strategy's mean) through
+* *plain inference*: the logits of ONE model (that population's mean) through
   :class:`eggroll_opt.nn.ParamsLayers` on a batch of ``popsize · batch`` sequences (the shared
   batch repeated), the same number of tokens as the population forward.
 
