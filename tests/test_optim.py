@@ -131,20 +131,26 @@ def _tree_arrays(tree):
     return {path: np.asarray(leaf) for path, leaf in optim.flatten_state(tree)}
 
 
+# Optimizer settings and random trees that the fused paths are checked on.
+_STEP_CASES = {
+    "shapes": st.lists(st.lists(st.integers(0, 5), max_size=3).map(tuple), min_size=1, max_size=3),
+    "dtype": st.sampled_from([np.float16, np.float32, np.float64]),
+    "learning_rate": st.floats(1e-4, 2.0),
+    "weight_decay": st.sampled_from([0.0, 0.01, 0.5]),
+    "b1": st.floats(0.0, 0.99),
+    "b2": st.floats(0.5, 0.9999),
+    "decay": st.floats(0.0, 0.99),
+    "steps": st.integers(1, 3),
+    "seed": st.integers(0, 2**16),
+}
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     name=st.sampled_from(
         ["adam", "momentum", "nesterov", "sgd", "scale_by_adam", "trace", "adam+custom"]
     ),
-    shapes=st.lists(st.lists(st.integers(0, 5), max_size=3).map(tuple), min_size=1, max_size=3),
-    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
-    learning_rate=st.floats(1e-4, 2.0),
-    weight_decay=st.sampled_from([0.0, 0.01, 0.5]),
-    b1=st.floats(0.0, 0.99),
-    b2=st.floats(0.5, 0.9999),
-    decay=st.floats(0.0, 0.99),
-    steps=st.integers(1, 3),
-    seed=st.integers(0, 2**16),
+    **_STEP_CASES,
 )
 def test_fused_steps_equal_the_reference(
     name, shapes, dtype, learning_rate, weight_decay, b1, b2, decay, steps, seed
@@ -196,15 +202,7 @@ def _build_for_apply(name, learning_rate, weight_decay, b1, b2, decay):
     name=st.sampled_from(
         ["adam", "momentum", "nesterov", "sgd", "scale_by_adam", "trace", "adam+custom", "nested"]
     ),
-    shapes=st.lists(st.lists(st.integers(0, 5), max_size=3).map(tuple), min_size=1, max_size=3),
-    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
-    learning_rate=st.floats(1e-4, 2.0),
-    weight_decay=st.sampled_from([0.0, 0.01, 0.5]),
-    b1=st.floats(0.0, 0.99),
-    b2=st.floats(0.5, 0.9999),
-    decay=st.floats(0.0, 0.99),
-    steps=st.integers(1, 3),
-    seed=st.integers(0, 2**16),
+    **_STEP_CASES,
 )
 def test_apply_equals_update_then_the_sum(
     name, shapes, dtype, learning_rate, weight_decay, b1, b2, decay, steps, seed
