@@ -8,15 +8,17 @@ embedding is a gather of low-rank factor rows and every weight matrix goes throu
 Each generation draws ``--batch`` windows of ``--seq-len + 1`` characters from the training
 text, shared by all members; a member's fitness is its mean next-character cross-entropy on
 them (:func:`~eggroll_opt.nn.sequence_cross_entropy`, minimized), and Adam takes the step
-(fixed σ, rank-1 noise on every matrix).
+(fixed σ, rank-1 noise on every matrix; with ``--cosine`` Adam's step size falls along a
+cosine to a tenth of ``--learning-rate`` over ``--generations``).
 
 The text is a file named by ``--text`` (read as UTF-8), or by default the documentation topics
 that ship with Python (``pydoc_data.topics``), so the example runs offline. The vocabulary is
 the set of distinct characters of the whole text; the last ``--held-out`` fraction is never
 trained on. Quality is held-out **bits per character** (bpc): the mean of ``-log2 p(next
-char)`` over every held-out character after the first, read in windows of ``--seq-len``
+char)`` over the held-out characters after the first, read in windows of ``--seq-len``
 characters whose state starts at zero (each window overlaps the previous one by a character, so
-every character is predicted once, from at least one character of context). Beside it:
+each is predicted once, from at least one character of context; a tail shorter than a window is
+left out). Beside it:
 
 * a unigram and a bigram model of the training text, with add-one smoothing, scored on the
   same held-out characters;
@@ -29,7 +31,8 @@ Training time counts ``ask``, the population's forward pass and ``tell`` (for Ad
 backward and step); held-out evaluations and samples are not counted.
 
 Examples:
-    python examples/char_lm.py --minutes 25 --plot docs/images/char_lm.png
+    python examples/char_lm.py --generations 2500 --cosine --minutes 30 --plot lm.png
+    python examples/char_lm.py --minutes 25          # a fixed step size, for 25 minutes
     python examples/char_lm.py --text my_book.txt --generations 500 --sample-every 50
     python examples/char_lm.py --checkpoint lm.npz --generations 200      # then continue:
     python examples/char_lm.py --checkpoint lm.npz --generations 400 --resume
@@ -48,6 +51,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from _backprop import torch_available
 from _common import markdown_table
+from mnist import cosine_adam
 
 import eggroll_opt as eo
 from eggroll_opt import nn
@@ -80,6 +84,7 @@ SETTINGS = (
     "learning_rate",
     "rank",
     "seed",
+    "cosine",
 )
 
 
@@ -288,6 +293,12 @@ def sample_text(
 # -- EGGROLL ---------------------------------------------------------------------------------
 
 
+def _optimizer(args: argparse.Namespace) -> Any:
+    """Adam with the fixed ``--learning-rate``, or with ``--cosine`` one that falls along a
+    cosine to a tenth of it over ``--generations``."""
+    return cosine_adam(args.learning_rate, args.generations) if args.cosine else "adam"
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in SETTINGS}
 
@@ -318,7 +329,7 @@ def _resume(args: argparse.Namespace, corpus: Corpus) -> tuple[eo.Eggroll, dict[
                 f"`{flag}` is {getattr(args, name)!r} but the checkpoint {path!r} was trained "
                 f"with {saved!r}; resume with the same setting."
             )
-    es = eo.Eggroll.load(path, backend="numpy")
+    es = eo.Eggroll.load(path, backend="numpy", optimizer=_optimizer(args) if args.cosine else None)
     return es, record
 
 
@@ -340,6 +351,7 @@ def train_eggroll(args: argparse.Namespace, corpus: Corpus, windows: np.ndarray)
             popsize=args.popsize,
             sigma=args.sigma,
             learning_rate=args.learning_rate,
+            optimizer=_optimizer(args),
             rank=args.rank,
             seed=args.seed,
             backend="numpy",
@@ -577,6 +589,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--popsize", type=int, default=256, help="population (256)")
     parser.add_argument("--sigma", type=float, default=0.05, help="noise scale (0.05)")
     parser.add_argument("--learning-rate", type=float, default=0.02, help="EGGROLL's Adam (0.02)")
+    parser.add_argument(
+        "--cosine", action="store_true", help="Adam's step falls to a tenth over --generations"
+    )
     parser.add_argument("--rank", type=int, default=1, help="EGGROLL rank (1)")
     parser.add_argument("--generations", type=int, default=100_000, help="at most (100000)")
     parser.add_argument(

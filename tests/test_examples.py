@@ -309,6 +309,14 @@ def test_char_lm_resumes_bit_identically_and_runs_without_torch(tmp_path, monkey
         char_lm.main(
             [*small, "--text", str(other), "--prompt", "a", "--checkpoint", checkpoint, "--resume"]
         )
+    decaying = str(tmp_path / "cosine.npz")  # a custom optimizer: given again on resume
+    char_lm.main([*small, "--generations", "2", "--cosine", "--checkpoint", decaying])
+    again = char_lm.main(
+        [*small, "--generations", "4", "--cosine", "--checkpoint", decaying, "--resume"]
+    )
+    assert again["eggroll"]["generations"] == 4
+    with pytest.raises(ValueError, match=r"`--cosine` is False but the checkpoint .* with True"):
+        char_lm.main([*small, "--generations", "6", "--checkpoint", decaying, "--resume"])
     with pytest.raises(FileNotFoundError, match=r"`--resume`: the checkpoint file .*missing"):
         char_lm.main([*small, "--checkpoint", str(tmp_path / "missing.npz"), "--resume"])
 
