@@ -6,10 +6,12 @@ them the scripts still run, without a bar or a plot.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import eggroll_opt as eo
+from eggroll_opt import optim
 
 STRATEGIES = {"Eggroll": eo.Eggroll, "OpenES": eo.OpenES}
 
@@ -115,3 +117,21 @@ def plot_curves(
     plt.close(figure)
     print(f"plot: {path}")
     return True
+
+
+def cosine_adam(
+    learning_rate: float, steps: int, final_fraction: float = 0.1
+) -> optim.GradientTransformation:
+    """Adam whose step size falls along a cosine to ``final_fraction * learning_rate``."""
+
+    def init(params: dict[str, Any]) -> dict[str, int]:
+        return {"count": 0}
+
+    def update(grads: dict[str, Any], state: dict[str, int], params: dict[str, Any]) -> Any:
+        progress_ = min(state["count"], steps) / max(steps, 1)
+        factor = final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress_))
+        for grad in grads.values():
+            grad *= -learning_rate * factor
+        return grads, {"count": state["count"] + 1}
+
+    return optim.chain(optim.scale_by_adam(), optim.GradientTransformation(init, update))

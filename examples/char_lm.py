@@ -50,8 +50,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from _backprop import torch_available
-from _common import markdown_table
-from mnist import cosine_adam
+from _common import cosine_adam, markdown_table
 
 import eggroll_opt as eo
 from eggroll_opt import nn

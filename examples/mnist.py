@@ -18,16 +18,15 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Any
 
 import numpy as np
 from _backprop import Sequential
-from _common import markdown_table, plot_curves, progress, strategy_class
+from _common import cosine_adam, markdown_table, plot_curves, progress, strategy_class
 
 import eggroll_opt as eo
-from eggroll_opt import nn, optim
+from eggroll_opt import nn
 from eggroll_opt.datasets import load_mnist
 
 SPEC = [
@@ -94,24 +93,6 @@ def population_losses(
             for part in pop.split(chunk)
         ]
     )
-
-
-def cosine_adam(
-    learning_rate: float, steps: int, final_fraction: float = 0.1
-) -> optim.GradientTransformation:
-    """Adam whose step size falls along a cosine to ``final_fraction * learning_rate``."""
-
-    def init(params: dict[str, Any]) -> dict[str, int]:
-        return {"count": 0}
-
-    def update(grads: dict[str, Any], state: dict[str, int], params: dict[str, Any]) -> Any:
-        progress_ = min(state["count"], steps) / max(steps, 1)
-        factor = final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress_))
-        for grad in grads.values():
-            grad *= -learning_rate * factor
-        return grads, {"count": state["count"] + 1}
-
-    return optim.chain(optim.scale_by_adam(), optim.GradientTransformation(init, update))
 
 
 def train(
