@@ -14,7 +14,22 @@ def is_available() -> bool:
     return True
 
 
-class Device:
+class _Context:
+    """``with`` does nothing: there is one device and work on a stream runs at once."""
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        return None
+
+
+class Device(_Context):
     """Device ``device`` (only 0 exists)."""
 
     def __init__(self, device: int | None = None) -> None:
@@ -29,17 +44,6 @@ class Device:
     def use(self) -> None:
         """Make this the current device (there is only one)."""
 
-    def __enter__(self) -> Device:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        return None
-
     def __eq__(self, other: Any) -> bool:
         return isinstance(other, Device) and other.id == self.id
 
@@ -50,7 +54,7 @@ class Device:
         return f"<CUDA Device {self.id}>"
 
 
-class Stream:
+class Stream(_Context):
     """A stream: work on it runs at once, so only its synchronisation is recorded."""
 
     def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False) -> None:
@@ -62,17 +66,6 @@ class Stream:
 
     def use(self) -> Stream:
         return self
-
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        return None
 
 
 def get_current_stream() -> Stream:
