@@ -52,12 +52,11 @@ class LeafSpec:
         """(m, n): the leaf viewed as a matrix (first axis by the product of the others)."""
         return self.shape[0], math.prod(self.shape[1:])
 
-    def noise_size(self, rank: int | None = None) -> int:
-        """Standard normals one member needs for this leaf (``rank`` defaults to the leaf's)."""
-        rank = self.rank if rank is None else rank
+    def noise_size(self) -> int:
+        """Standard normals one member needs for this leaf."""
         if self.kind == "lowrank":
             rows, columns = self.matrix_shape
-            return (rows + columns) * rank
+            return (rows + columns) * self.rank
         if self.kind == "full":
             return math.prod(self.shape)
         return 0
@@ -70,17 +69,16 @@ def leaf_noise(
     epoch: int,
     first: int,
     count: int,
-    rank: int | None = None,
 ) -> Any:
     """Noise of members ``first ..`` for one leaf: ``(A, B)`` for low-rank, ``eps`` for full.
 
     ``A`` has shape (count, m, r), ``B`` (count, n, r), ``eps`` (count, *leaf.shape), with
-    ``r = rank`` if given, else the leaf's own rank.
+    ``r = leaf.rank``.
     """
-    rank = leaf.rank if rank is None else rank
+    rank = leaf.rank
     key = _noise.leaf_key(seed, leaf.path)
     values = _noise.normals(
-        backend, key, epoch, first, count, leaf.noise_size(rank), np.dtype(leaf.dtype)
+        backend, key, epoch, first, count, leaf.noise_size(), np.dtype(leaf.dtype)
     )
     if leaf.kind == "lowrank":
         rows, columns = leaf.matrix_shape
@@ -113,9 +111,7 @@ def _like(array: Any, values: Any) -> Any:
     return namespace_of(array).asarray(values, dtype=array.dtype)
 
 
-def _perturbed(
-    base: Any, leaf: LeafSpec, noise: Any, sign: float, sigma: float, rank: int | None = None
-) -> Any:
+def _perturbed(base: Any, leaf: LeafSpec, noise: Any, sign: float, sigma: float) -> Any:
     """One member's value of one leaf, from its own slice of the noise (rank: the noise's)."""
     if leaf.kind == "lowrank":
         left, right = noise
@@ -147,7 +143,6 @@ class MemberSpec:
     epoch: int
     index: int
     sigma: float
-    rank: int
     mirrored: bool
     leaves: tuple[LeafSpec, ...]
     leaf_sigmas: tuple[float, ...] | None = None
@@ -256,7 +251,6 @@ class Population(Sequence[Member]):
         epoch: int,
         popsize: int,
         sigma: float | Mapping[str, float],
-        rank: int,
         mirrored: bool,
         first: int = 0,
         scales: Mapping[str, Any] | None = None,
@@ -281,7 +275,6 @@ class Population(Sequence[Member]):
         self._generation = generation
         self._epoch = epoch
         self._popsize = popsize
-        self._rank = rank
         self._mirrored = mirrored
         self._group = 2 if mirrored else 1
         signs = np.ones(popsize)
@@ -370,7 +363,6 @@ class Population(Sequence[Member]):
                     epoch=self._epoch,
                     popsize=stop - start,
                     sigma=self._sigmas,
-                    rank=self._rank,
                     mirrored=self._mirrored,
                     first=self._first + start,
                     scales=self._scales,
@@ -431,7 +423,6 @@ class Population(Sequence[Member]):
             epoch=self._epoch,
             index=self._first + self[index].index,
             sigma=self._sigma,
-            rank=self._rank,
             mirrored=self._mirrored,
             leaves=tuple(self._leaves.values()),
             leaf_sigmas=None if uniform else tuple(self._sigmas.values()),

@@ -499,7 +499,6 @@ class Eggroll:
                 sigma={**dict.fromkeys(self._leaves, self._sigma), **self.sigmas}
                 if adaptive
                 else self._sigma,
-                rank=self._nominal_rank,
                 mirrored=self._mirrored,
                 scales=self.noise_scales,
             )
