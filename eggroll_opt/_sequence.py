@@ -65,7 +65,7 @@ def check_sequence(x: Any, width: int, *, layer: str, argument: str = "x") -> No
 
 
 def sigmoid(x: Any) -> Any:
-    """1 / (1 + exp(-x)), computed stably (as :func:`eggroll_opt.nn.sigmoid`)."""
+    """1 / (1 + exp(-x)), computed stably as ``(tanh(x / 2) + 1) / 2`` (``nn.sigmoid``)."""
     return 0.5 * (namespace_of(x).tanh(0.5 * x) + 1)
 
 

@@ -36,6 +36,13 @@ Examples:
     python examples/char_lm.py --text my_book.txt --generations 500 --sample-every 50
     python examples/char_lm.py --checkpoint lm.npz --generations 200      # then continue:
     python examples/char_lm.py --checkpoint lm.npz --generations 400 --resume
+
+A resumed run must repeat the settings of the run it continues (the model, the population,
+``--seed``, ``--cosine``, ...); ``--generations`` and ``--minutes`` may change, except that with
+``--cosine`` the schedule is ``--generations`` long, so a ``--cosine`` run resumes only with
+the same ``--generations`` (a run stopped by ``--minutes`` then ends as a straight run would).
+The learning curves go to ``char_lm.png`` in the current folder (``--plot PATH`` elsewhere,
+``--plot ""`` for none; without matplotlib the run says so and skips it).
 """
 
 from __future__ import annotations
@@ -139,8 +146,10 @@ class Corpus(NamedTuple):
         return "".join(self.vocab[int(i)] for i in np.asarray(ids).reshape(-1))
 
 
-def make_corpus(text: str, held_out: float, seq_len: int) -> Corpus:
-    """Split ``text`` into training and held-out ids (the held-out part is the end).
+def make_corpus(text: str, held_out: float, seq_len: int, path: str | None = None) -> Corpus:
+    """Split ``text`` into training and held-out ids (the held-out part is the end); ``path``
+    is the ``--text`` it was read from (None or :data:`DEFAULT_TEXT`: Python's topics), named in
+    errors.
 
     Raises:
         ValueError: for a ``held_out`` fraction outside (0, 1), a ``seq_len`` below 1, or a
@@ -158,8 +167,13 @@ def make_corpus(text: str, held_out: float, seq_len: int) -> Corpus:
     train, held = ids[:split], ids[split:]
     if min(len(train), len(held)) < seq_len + 1:
         needed = math.ceil((seq_len + 1) / min(held_out, 1 - held_out))
+        source = (
+            f"the default text ({DEFAULT_TEXT})"
+            if path is None or path == DEFAULT_TEXT
+            else f"`--text` {path!r}"
+        )
         raise ValueError(
-            f"the text has {len(ids)} characters: too short for `--seq-len` {seq_len} with "
+            f"{source} has {len(ids)} characters: too short for `--seq-len` {seq_len} with "
             f"`--held-out` {held_out} (the training and the held-out part need {seq_len + 1} "
             f"characters each, got {len(train)} and {len(held)}; about {needed} characters "
             "would do)."
@@ -302,6 +316,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in SETTINGS}
 
 
+def _schedule(args: argparse.Namespace) -> int | None:
+    """The length of the ``--cosine`` schedule (``--generations``), None without ``--cosine``:
+    a resumed run must keep it, where a fixed step size may run longer."""
+    return args.generations if args.cosine else None
+
+
 def _sidecar(checkpoint: str) -> str:
     """The JSON file beside a checkpoint: the run's settings, vocabulary and curve."""
     return checkpoint + ".json"
@@ -328,6 +348,13 @@ def _resume(args: argparse.Namespace, corpus: Corpus) -> tuple[eo.Eggroll, dict[
                 f"`{flag}` is {getattr(args, name)!r} but the checkpoint {path!r} was trained "
                 f"with {saved!r}; resume with the same setting."
             )
+    schedule = record.get("schedule")
+    if schedule is not None and args.generations != schedule:
+        raise ValueError(
+            f"`--generations` is {args.generations} but the checkpoint {path!r} was trained "
+            f"with `--cosine` over `--generations` {schedule}; a cosine of another length would "
+            f"not continue the same run: resume with `--generations {schedule}`."
+        )
     es = eo.Eggroll.load(path, backend="numpy", optimizer=_optimizer(args) if args.cosine else None)
     return es, record
 
@@ -337,7 +364,8 @@ def train_eggroll(args: argparse.Namespace, corpus: Corpus, windows: np.ndarray)
 
     With ``--checkpoint`` the strategy is saved every ``--checkpoint-every`` generations and
     at the end (an ``.npz`` from :meth:`eggroll_opt.Eggroll.save`, and a JSON record of the
-    settings, vocabulary and curve beside it); ``--resume`` continues from them.
+    settings, the ``--cosine`` schedule's length, the vocabulary and the curve beside it);
+    ``--resume`` continues from them.
     """
     curve: dict[str, list[float]]
     if args.resume:
@@ -364,6 +392,7 @@ def train_eggroll(args: argparse.Namespace, corpus: Corpus, windows: np.ndarray)
             es.save(args.checkpoint)
             record = {
                 "settings": _settings(args),
+                "schedule": _schedule(args),
                 "vocab": corpus.vocab,
                 "curve": curve,
                 "seconds": seconds,
@@ -567,6 +596,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"`--minutes` must be 0 (no limit) or more, got {args.minutes!r}.")
     if args.resume and not args.checkpoint:
         raise ValueError("`--resume` needs `--checkpoint PATH`, got none.")
+    if not args.prompt:
+        raise ValueError(
+            f"`--prompt` must hold at least one character (every sample starts from it), "
+            f"got {args.prompt!r}."
+        )
     if args.popsize % 2 or args.chunk % 2:
         name, value = ("popsize", args.popsize) if args.popsize % 2 else ("chunk", args.chunk)
         raise ValueError(f"`--{name}` must be even (mirrored sampling), got {value}.")
@@ -607,14 +641,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--checkpoint-every", type=int, default=100, help="generations (100)")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", default="", help="PNG path for the learning curves")
+    parser.add_argument(
+        "--plot",
+        default="char_lm.png",
+        help="PNG path for the learning curves, '' for none (default: %(default)s)",
+    )
     parser.add_argument("--quick", action="store_true", help="a few seconds, for CI")
     if "--quick" in (sys.argv[1:] if argv is None else argv):
         parser.set_defaults(**QUICK)  # options given on the command line still win
     args = parser.parse_args(argv)
     check_args(args)
     text = load_text(args.text)
-    corpus = make_corpus(text, args.held_out, args.seq_len)
+    corpus = make_corpus(text, args.held_out, args.seq_len, args.text)
     corpus.encode(args.prompt, "--prompt")
     windows = held_out_windows(corpus.held_out, args.seq_len)
     ngrams = ngram_bpc(corpus, windows)

@@ -262,16 +262,18 @@ def test_non_differentiable_example_learns(capsys):
     assert "| tsp | OpenES |" in capsys.readouterr().out
 
 
-def test_char_lm_example_learns_and_compares(tmp_path, capsys):
+def test_char_lm_example_learns_and_compares(tmp_path, monkeypatch, capsys):
     import math
 
     char_lm = _load("char_lm")
-    plot = tmp_path / "char_lm.png"
-    result = char_lm.main(["--quick", "--plot", str(plot)])
+    monkeypatch.chdir(tmp_path)  # the plot goes to char_lm.png in the current folder by default
+    result = char_lm.main(["--quick"])
+    # Python's documentation topics differ between Python versions: count this one's characters
+    vocab = len(set(char_lm.load_text(None)))
     ngrams, eggroll = result["ngrams"], result["eggroll"]
-    assert 4.5 < ngrams["unigram"] < 4.8 and 3.2 < ngrams["bigram"] < 3.5  # Python's docs
+    assert ngrams["bigram"] < ngrams["unigram"] < math.log2(vocab)
     held_out = eggroll["curve"]["held-out"]
-    assert abs(held_out[0] - math.log2(103)) < 1e-3  # a zero output layer: uniform over 103
+    assert abs(held_out[0] - math.log2(vocab)) < 1e-3  # a zero output layer: uniform
     assert eggroll["bpc"] < ngrams["unigram"]  # the quick run already beats the unigram model
     out = capsys.readouterr().out
     assert "| unigram (add-one) | counts |" in out and "EGGROLL sample: 'The " in out
@@ -280,7 +282,7 @@ def test_char_lm_example_learns_and_compares(tmp_path, capsys):
     else:  # the baseline trained for EGGROLL's training time and learned too
         assert result["adam"]["seconds"] >= eggroll["seconds"]
         assert result["adam"]["bpc"] < held_out[0] - 1
-    assert plot.stat().st_size > 0
+    assert (tmp_path / "char_lm.png").stat().st_size > 0
 
 
 def test_char_lm_resumes_bit_identically_and_runs_without_torch(tmp_path, monkeypatch, capsys):
@@ -288,7 +290,8 @@ def test_char_lm_resumes_bit_identically_and_runs_without_torch(tmp_path, monkey
 
     char_lm = _load("char_lm")
     monkeypatch.setattr(char_lm, "torch_available", lambda: False)
-    small = ["--quick", "--sample-every", "0", "--evaluate-every", "3"]
+    monkeypatch.chdir(tmp_path)
+    small = ["--quick", "--sample-every", "0", "--evaluate-every", "3", "--plot", ""]
     checkpoint = str(tmp_path / "lm.npz")
     straight = char_lm.main([*small, "--generations", "6"])
     char_lm.main([*small, "--generations", "3", "--checkpoint", checkpoint])
@@ -309,16 +312,70 @@ def test_char_lm_resumes_bit_identically_and_runs_without_torch(tmp_path, monkey
         char_lm.main(
             [*small, "--text", str(other), "--prompt", "a", "--checkpoint", checkpoint, "--resume"]
         )
-    decaying = str(tmp_path / "cosine.npz")  # a custom optimizer: given again on resume
-    char_lm.main([*small, "--generations", "2", "--cosine", "--checkpoint", decaying])
-    again = char_lm.main(
-        [*small, "--generations", "4", "--cosine", "--checkpoint", decaying, "--resume"]
-    )
-    assert again["eggroll"]["generations"] == 4
-    with pytest.raises(ValueError, match=r"`--cosine` is False but the checkpoint .* with True"):
-        char_lm.main([*small, "--generations", "6", "--checkpoint", decaying, "--resume"])
+    with pytest.raises(ValueError, match=r"`--cosine` is True but the checkpoint .* with False"):
+        char_lm.main([*small, "--cosine", "--checkpoint", checkpoint, "--resume"])
     with pytest.raises(FileNotFoundError, match=r"`--resume`: the checkpoint file .*missing"):
         char_lm.main([*small, "--checkpoint", str(tmp_path / "missing.npz"), "--resume"])
+    assert not (tmp_path / "char_lm.png").exists()  # --plot "": no plot
+
+
+def test_char_lm_resumes_a_cosine_run_only_with_its_schedule_length(tmp_path, monkeypatch):
+    import numpy as np
+
+    char_lm = _load("char_lm")
+    monkeypatch.setattr(char_lm, "torch_available", lambda: False)
+    small = ["--quick", "--sample-every", "0", "--evaluate-every", "2", "--plot", ""]
+    cosine = [*small, "--cosine", "--generations", "4"]
+    straight = char_lm.main(cosine)
+    decaying = str(tmp_path / "cosine.npz")  # a custom optimizer: given again on resume
+    # a budget shorter than any generation: the run stops after its first, as if interrupted
+    char_lm.main([*cosine, "--minutes", "1e-9", "--checkpoint", decaying])
+    resume = [*small, "--cosine", "--checkpoint", decaying, "--resume"]
+    for generations in ("2", "6"):  # the schedule is 4 generations long: neither continues it
+        with pytest.raises(
+            ValueError,
+            match=rf"`--generations` is {generations} but the checkpoint .*cosine.npz' was "
+            r"trained with `--cosine` over `--generations` 4.* resume with `--generations 4`",
+        ):
+            char_lm.main([*resume, "--generations", generations])
+    with pytest.raises(ValueError, match=r"`--cosine` is False but the checkpoint .* with True"):
+        char_lm.main([*small, "--generations", "4", "--checkpoint", decaying, "--resume"])
+    resumed = char_lm.main([*cosine, "--checkpoint", decaying, "--resume"])
+    assert resumed["eggroll"]["generations"] == 4
+    for name, layer in straight["eggroll"]["params"].items():
+        for key, leaf in layer.items():
+            np.testing.assert_array_equal(resumed["eggroll"]["params"][name][key], leaf)
+    assert resumed["eggroll"]["bpc"] == straight["eggroll"]["bpc"]
+
+
+def test_char_lm_torch_loss_equals_the_eo_nn_model():
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from eggroll_opt import nn
+
+    char_lm = _load("char_lm")
+    vocab, embed, hidden, batch, seq_len = 11, 6, 8, 5, 7
+    rng = np.random.default_rng(3)
+    params = {  # random everywhere, the output layer included (init_params zeroes it)
+        name: {
+            key: (rng.standard_normal(leaf.shape) * (0.5 if key == "w" else 0.2)).astype(np.float32)
+            + (1.0 if key == "scale" else 0.0)
+            for key, leaf in layer.items()
+        }
+        for name, layer in char_lm.init_params(vocab, embed, hidden, seed=0).items()
+    }
+    windows = rng.integers(0, vocab, size=(batch, seq_len + 1))
+    logits = char_lm.language_model(nn.ParamsLayers(params), windows[:, :-1])[None]
+    expected = float(nn.sequence_cross_entropy(logits, windows[:, 1:])[0])
+    leaves = {
+        f"{name}/{key}": torch.from_numpy(leaf)
+        for name, layer in params.items()
+        for key, leaf in layer.items()
+    }
+    loss = char_lm.torch_loss(leaves, torch.from_numpy(windows))
+    assert loss.dtype == torch.float32
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -328,13 +385,15 @@ def test_char_lm_resumes_bit_identically_and_runs_without_torch(tmp_path, monkey
         ("", [], ValueError, r"`--text` '.*' is empty"),
         (b"\xff\xfe\x00abc", [], ValueError, r"`--text` '.*' is not UTF-8 text"),
         ("DIR", [], ValueError, r"`--text` '.*' is a folder"),
-        ("abcdefgh", ["--seq-len", "16"], ValueError, r"too short for `--seq-len` 16"),
+        ("abcdefgh", ["--seq-len", "16"], ValueError, r"`--text` '.*text.txt' has 8 .* too short"),
+        (None, ["--seq-len", "10000000"], ValueError, r"the default text \(pydoc_data.topics\)"),
         ("abc" * 100, ["--seq-len", "0"], ValueError, r"`--seq-len` must be at least 1, got 0"),
         ("abc" * 100, ["--popsize", "7"], ValueError, r"`--popsize` must be even .* got 7"),
         ("abc" * 100, ["--held-out", "1.5"], ValueError, r"`--held-out` must be .* got 1.5"),
         ("abc" * 100, ["--sigma", "-1"], ValueError, r"`--sigma` must be a positive .* -1.0"),
         ("abc" * 100, ["--resume"], ValueError, r"`--resume` needs `--checkpoint PATH`"),
         ("abc" * 100, [], ValueError, r"`--prompt` 'The ' holds characters that are not in"),
+        ("abc" * 100, ["--prompt", ""], ValueError, r"`--prompt` must hold .* got ''"),
     ],
     ids=[
         "missing",
@@ -342,12 +401,14 @@ def test_char_lm_resumes_bit_identically_and_runs_without_torch(tmp_path, monkey
         "not-utf8",
         "folder",
         "too-short",
+        "default-too-short",
         "seq-len-0",
         "odd-popsize",
         "held-out",
         "sigma",
         "resume",
         "prompt",
+        "empty-prompt",
     ],
 )
 def test_char_lm_names_bad_input(tmp_path, text, options, error, message):

@@ -503,6 +503,10 @@ def test_bad_sequences_name_the_argument_and_value(both_layers):
             layers.min_gru("out", np.zeros((2, 3, 4)))
         with pytest.raises(KeyError, match="no leaf 'nope/scale'"):
             layers.rms_norm("nope", np.zeros((2, 3, 6)))
+        with pytest.raises(ValueError, match=r"T >= 1, got shape \(2, 0, 4\)"):
+            layers.dense_per_step("out", np.zeros((2, 0, 4)))
+        with pytest.raises(ValueError, match=r"layer 'out' expects 4 features"):
+            layers.dense_per_step("out", np.zeros((2, 3, 5)))
     population = both_layers[0]
     with pytest.raises(ValueError, match=r"leading member axis of 4, got shape \(3, 2, 3, 6\)"):
         population.layer_norm("ln", np.zeros((3, 2, 3, 6)))
