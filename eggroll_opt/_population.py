@@ -111,6 +111,33 @@ def _like(array: Any, values: Any) -> Any:
     return namespace_of(array).asarray(values, dtype=array.dtype)
 
 
+def use_member_matrices(shape: tuple[int, int], length: int) -> bool:
+    """Whether a product with per-member inputs goes through every member's own matrix.
+
+    True when a member's (m, n) matrix holds no more numbers than the ``length`` rows (or
+    columns) of its input and output, ``m·n <= length·(m + n)``, which the product reads and
+    writes anyway: one GEMM per member with its own matrix (:meth:`Population.stacked`) then
+    beats the product with the mean plus the low-rank corrections, which pass over the input
+    and the output once more (the MNIST CNN's second convolution and hidden layer). A large
+    matrix seen by a few rows per member (a sequence model's step) keeps the low-rank path,
+    whose memory does not grow with the matrix.
+    """
+    rows, columns = shape
+    return rows * columns <= length * (rows + columns)
+
+
+def _columns_in_memory(x: Any) -> bool:
+    """Whether a stack of matrices ``x`` is laid out column by column, as its transpose's rows.
+
+    A (popsize, batch, n) view of (popsize, n, batch) memory, such as the flattened output of a
+    convolution (:mod:`eggroll_opt._conv`): :meth:`Population.linear` then runs as
+    :meth:`Population.matmul` on the transposed view and hands back the transposed result,
+    without copying ``x``.
+    """
+    itemsize = x.dtype.itemsize
+    return x.shape[-2] > 1 and x.strides[-2] == itemsize and x.strides[-1] != itemsize
+
+
 def _perturbed(base: Any, leaf: LeafSpec, noise: Any, sign: float, sigma: float) -> Any:
     """One member's value of one leaf, from its own slice of the noise (rank: the noise's)."""
     if leaf.kind == "lowrank":
@@ -455,14 +482,19 @@ class Population(Sequence[Member]):
             return xp.broadcast_to(base, (self._popsize, *leaf.shape)).copy()
         # Member i = k·G + g: draws broadcast against the (K, G) signs, no gather by index.
         draws, group = self._popsize // self._group, self._group
-        signs = self._scaled_signs(path, base.dtype).reshape(draws, group, *[1] * len(leaf.shape))
         if leaf.kind == "full":
-            noise = self._noise[path]
-        else:
-            left, right = self._noise[path]
-            noise = xp.matmul(left, right.transpose(0, 2, 1)) / math.sqrt(left.shape[-1])
+            noise, rank = self._noise[path], None
+        else:  # one product per draw (for rank 1 an outer product), as a member's params make
+            left, right = self._noise[path]  # (K, m, r), (K, n, r)
+            rank = right.shape[2]
+            noise = left * right[:, None, :, 0] if rank == 1 else left @ right.transpose(0, 2, 1)
+        signs = self._scaled_signs(path, base.dtype, rank)  # s_i sigma (/ sqrt(r)): (K, G, 1, 1)
         noise = noise.reshape(draws, 1, *leaf.shape)
-        return (base + signs * noise).reshape(self._popsize, *leaf.shape)
+        out = (noise * signs.reshape(draws, group, *[1] * len(leaf.shape))).reshape(
+            self._popsize, *leaf.shape
+        )
+        out += base
+        return out
 
     # -- batched forward pass ----------------------------------------------------------------
     def linear(self, path: str, x: Any) -> Any:
@@ -485,12 +517,16 @@ class Population(Sequence[Member]):
         xp = self._backend.xp
         rows, columns = base.shape
         shared = x.ndim == 2
+        if not shared and _columns_in_memory(x):  # e.g. a flattened convolution's output
+            return self.matmul(path, x.swapaxes(-1, -2)).swapaxes(-1, -2)
         batch = x.shape[-2]
         popsize, draws, group = self._popsize, self._popsize // self._group, self._group
         if leaf.kind == "frozen":
             if shared:
                 return xp.broadcast_to(x @ base.T, (popsize, batch, rows)).copy()
             return (x.reshape(-1, columns) @ base.T).reshape(popsize, batch, rows)
+        if not shared and use_member_matrices(leaf.matrix_shape, batch):
+            return x @ self._member_matrices(path).transpose(0, 2, 1)
         # The correction of every member, laid out as (K, G·batch, m): member i = k·G + g.
         dtype = xp.result_type(x.dtype, base.dtype)
         if leaf.kind == "full":
@@ -535,6 +571,8 @@ class Population(Sequence[Member]):
         (rows, columns), length = base.shape, x.shape[-1]
         popsize, draws, group = self._popsize, self._popsize // self._group, self._group
         shared, xp = x.ndim == 2, self._backend.xp
+        if not shared and leaf.kind != "frozen" and use_member_matrices(leaf.matrix_shape, length):
+            return self._member_matrices(path) @ x
         out = base @ x  # (m, L) shared, (N, m, L) per member
         if leaf.kind == "frozen":
             return xp.broadcast_to(out, (popsize, rows, length)).copy() if shared else out
@@ -622,6 +660,10 @@ class Population(Sequence[Member]):
         correction = correction.reshape(shape)
         correction += rows  # broadcast over members when shared
         return correction
+
+    def _member_matrices(self, path: str) -> Any:
+        """Every member's (m, n) matrix of leaf ``path``: (popsize, m, n), see :meth:`stacked`."""
+        return self.stacked(path).reshape(self._popsize, *self._leaf(path).matrix_shape)
 
     def _scaled_signs(self, path: str, dtype: Any, rank: int | None = None) -> Any:
         """``s_i * sigma`` of every member on the backend, shaped (K, G, 1, 1): i = k·G + g.

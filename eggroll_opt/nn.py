@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _sequence
+from . import _conv, _population, _sequence
 from ._backend import is_cupy_array, namespace_of, to_numpy
 from ._population import Population
 from ._tree import flatten
@@ -93,8 +93,7 @@ def tanh(x: Any) -> Any:
 
 def sigmoid(x: Any) -> Any:
     """1 / (1 + exp(-x)), computed stably."""
-    xp = namespace_of(x)
-    return 0.5 * (xp.tanh(0.5 * x) + 1)
+    return _sequence.sigmoid(x)
 
 
 def log_softmax(x: Any, axis: int = -1) -> Any:
@@ -246,57 +245,6 @@ def avg_pool2d(x: Any, size: int) -> Any:
     return _pool(x, size, "mean")
 
 
-def patches(
-    x: Any, kernel: tuple[int, ...], stride: int, padding: int
-) -> tuple[Any, tuple[int, int]]:
-    """im2col with the batch folded into the columns: (..., B, C, H, W) -> (..., C·kh·kw, B·L).
-
-    Row ``(c, i, j)`` follows the kernel's (C, kh, kw) order and column ``(b, y, x)`` is image
-    ``b``'s output position, ``L = H_out · W_out``; so ``kernel.reshape(out, -1) @ columns``
-    is the convolution, laid out (out, B, H_out, W_out). The windows are one strided view of
-    the (zero-padded) input, written out in a single copy whose innermost runs go along an
-    image row.
-    """
-    xp = namespace_of(x)
-    if x.ndim < 4:
-        raise ValueError(f"`x` must be (..., batch, C, H, W), got shape {tuple(x.shape)}.")
-    kh, kw = kernel
-    if padding:
-        padded = xp.zeros(
-            (*x.shape[:-2], x.shape[-2] + 2 * padding, x.shape[-1] + 2 * padding), x.dtype
-        )
-        padded[..., padding:-padding, padding:-padding] = x
-        x = padded
-    out_h = (x.shape[-2] - kh) // stride + 1
-    out_w = (x.shape[-1] - kw) // stride + 1
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"the input {tuple(x.shape[-2:])} is smaller than the kernel {kernel}.")
-    *lead, batch, channels = x.shape[:-2]
-    *lead_strides, batch_stride, channel_stride, row_stride, column_stride = x.strides
-    windows = xp.lib.stride_tricks.as_strided(  # (..., C, kh, kw, B, H_out, W_out), a view
-        x,
-        (*lead, channels, kh, kw, batch, out_h, out_w),
-        (
-            *lead_strides,
-            channel_stride,
-            row_stride,
-            column_stride,
-            batch_stride,
-            row_stride * stride,
-            column_stride * stride,
-        ),
-    )
-    columns = windows.reshape(*lead, channels * kh * kw, batch * out_h * out_w)
-    return columns, (out_h, out_w)
-
-
-def _images_first(out: Any, batch: int, out_h: int, out_w: int) -> Any:
-    """(..., out, B·H·W) -> (..., B, out, H, W), contiguous."""
-    xp = namespace_of(out)
-    out = out.reshape(*out.shape[:-2], out.shape[-2], batch, out_h, out_w)
-    return xp.ascontiguousarray(xp.swapaxes(out, -4, -3))
-
-
 def _check_conv_input(x: Any, kernel_shape: tuple[int, ...], prefix: str) -> None:
     if len(kernel_shape) != 4:
         raise ValueError(
@@ -435,7 +383,7 @@ class PopulationLayers:
         ``x`` is (batch, T, n) shared or (N, batch, T, n) per member; returns
         (N, batch, T, m). The output head of a sequence model.
         """
-        self._is_shared(x, 2)
+        self._check_sequence(prefix, x, self._pop.leaf_shape(f"{prefix}/w")[-1])
         batch, length = x.shape[-3], x.shape[-2]
         out = self.dense(prefix, x.reshape(*x.shape[:-3], batch * length, x.shape[-1]))
         return out.reshape(len(self._pop), batch, length, out.shape[-1])
@@ -447,18 +395,28 @@ class PopulationLayers:
         ``prefix/w`` is (out, C, kh, kw) and its low-rank noise perturbs the (out, C·kh·kw)
         matrix, so the population costs one GEMM on the im2col patches (per member, or one for
         all with a shared input) plus thin corrections (:meth:`Population.matmul`).
-        Returns (N, batch, out, H_out, W_out).
+        Returns (N, batch, out, H_out, W_out), a view of memory laid out with the batch
+        innermost, which the next convolution reads without a transposing copy.
         """
-        self._is_shared(x, 3)
+        shared = self._is_shared(x, 3)
         kernel_shape = self._pop.leaf_shape(f"{prefix}/w")
         _check_conv_input(x, kernel_shape, prefix)
-        columns, (out_h, out_w) = patches(x, kernel_shape[2:], stride, padding)
-        out = self._pop.matmul(f"{prefix}/w", columns)  # (N, out, batch·H·W)
-        out = _images_first(out, x.shape[-4], out_h, out_w)
+        out_h, out_w = _conv.output_size(x.shape[-2:], kernel_shape[2:], stride, padding)
+        matrix = (kernel_shape[0], math.prod(kernel_shape[1:]))
+        if (
+            not shared
+            and not is_cupy_array(x)
+            and _population.use_member_matrices(matrix, out_h * out_w * x.shape[-4])
+        ):
+            kernels = self._pop.stacked(f"{prefix}/w")
+            out = _conv.member_by_member(kernels, x, stride, padding)
+        else:
+            columns, _ = _conv.patches(x, kernel_shape[2:], stride, padding)
+            out = self._pop.matmul(f"{prefix}/w", columns)  # (N, out, H·W·batch)
         bias = self._bias(prefix)
         if bias is not None:
-            out += bias[:, None, :, None, None]
-        return out
+            out += bias[:, :, None]
+        return _conv.images_view(out, out_h, out_w, x.shape[-4])
 
     def flatten(self, x: Any) -> Any:
         """(N, batch, ...) -> (N, batch, features)."""
@@ -568,15 +526,15 @@ class ParamsLayers:
 
     def conv2d(self, prefix: str, x: Any, *, stride: int = 1, padding: int = 0) -> Any:
         """2-D convolution: (batch, C, H, W) -> (batch, out, H_out, W_out), on the kernel's
-        device."""
+        device; like :meth:`PopulationLayers.conv2d`, a view with the batch innermost."""
         kernel = self._get(f"{prefix}/w")
         x = _on_device_of(kernel, x)
         _check_conv_input(x, tuple(kernel.shape), prefix)
-        columns, (out_h, out_w) = patches(x, tuple(kernel.shape[2:]), stride, padding)
-        out = _images_first(kernel.reshape(kernel.shape[0], -1) @ columns, x.shape[0], out_h, out_w)
+        columns, (out_h, out_w) = _conv.patches(x, tuple(kernel.shape[2:]), stride, padding)
+        out = kernel.reshape(kernel.shape[0], -1) @ columns  # (out, H·W·batch)
         if f"{prefix}/b" in self._params:
-            out = out + self._params[f"{prefix}/b"][:, None, None]
-        return out
+            out = out + self._params[f"{prefix}/b"][:, None]
+        return _conv.images_view(out, out_h, out_w, x.shape[0])
 
     def flatten(self, x: Any) -> Any:
         """(batch, ...) -> (batch, features)."""
@@ -593,6 +551,7 @@ class ParamsLayers:
         """:meth:`dense` at every time step: (batch, T, n) -> (batch, T, m)."""
         if x.ndim != 3:
             raise ValueError(f"`x` must be (batch, T, features), got shape {tuple(x.shape)}.")
+        _sequence.check_sequence(x, self._get(f"{prefix}/w").shape[-1], layer=prefix)
         return self.dense(prefix, x)
 
     def embedding(self, prefix: str, tokens: Any) -> Any:

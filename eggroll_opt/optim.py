@@ -24,7 +24,9 @@ work on ``{path: array}`` dicts of the trainable leaves. Conventions (shared by 
 States are nests of dicts/tuples whose leaves are arrays or Python ints, so a checkpoint stores
 them as plain arrays. Transforms compose with :func:`chain`, and ``adam`` is itself a chain.
 
-The code below is the reference, and what runs on NumPy. On CuPy, :func:`scale`,
+The code below is the reference, and what runs on NumPy, where the element-wise transforms
+step each leaf in blocks of 2**18 elements that stay in the cache through the dozen passes of
+Adam (:func:`eggroll_opt._fused.blocked`; the same result bit for bit). On CuPy, :func:`scale`,
 :func:`add_decayed_weights`, :func:`trace` and :func:`scale_by_adam` update each leaf with one
 fused element-wise kernel instead (:mod:`eggroll_opt._fused`), and consecutive ones in a
 :func:`chain` share it: a step of ``adam``, ``momentum`` or ``sgd`` is one launch per leaf, with
@@ -156,20 +158,24 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 class _Elementwise:
     """The ``update`` of a transform that applies one element-wise step to each leaf.
 
-    Called as ``update(grads, state, params)``. On NumPy it runs ``reference``; on CuPy it runs
-    ``step`` (a function of :mod:`eggroll_opt._fused`) as one fused kernel per leaf, and
-    :func:`chain` joins the steps of consecutive element-wise transforms into one kernel.
+    Called as ``update(grads, state, params)``. Both ways to run the step take one leaf's
+    arrays, ``(g, *arrays, *scalars)``, and update them in place: ``reference``, written as
+    in-place array operations, is the definition and what NumPy runs, block by block
+    (:func:`eggroll_opt._fused.blocked`); on CuPy, ``step`` (a function of
+    :mod:`eggroll_opt._fused`, the same math as expressions) runs as one fused kernel per leaf,
+    and :func:`chain` joins the steps of consecutive element-wise transforms into one kernel.
     :meth:`apply` is the transform's ``apply``: the same, with the sum into the new parameters.
 
     Attributes:
-        reference: the update written as array operations (what NumPy runs).
-        step: ``step(g, *arrays, *scalars)``, or None for a transform that changes nothing.
-        arrays: ``(state, params, path) -> arrays``: what ``step`` takes after ``g``.
+        reference: the step as in-place array operations, or None for a transform that
+            changes nothing.
+        step: the step as expressions for ``cupy.fuse``; None exactly when ``reference`` is.
+        arrays: ``(state, params, path) -> arrays``: what the step takes after ``g``.
         scalars: ``state -> scalars``: the step's scalar arguments for this update; it may
             advance ``state`` in place (Adam's step count).
     """
 
-    reference: Callable[[Params, State, Params], tuple[Params, State]]
+    reference: _fused.Step | None = None
     step: _fused.Step | None = None
     arrays: Callable[[State, Params, str], tuple[Any, ...]] = lambda state, params, path: ()
     scalars: Callable[[State], tuple[float, ...]] = lambda state: ()
@@ -198,28 +204,22 @@ def _update_elementwise(
     params: Params,
     out: Params | None = None,
 ) -> tuple[Params, list[State]]:
-    """Run ``updates`` one after another: as one fused kernel per leaf on CuPy.
+    """Run ``updates`` one after another on each leaf: one fused kernel per leaf on CuPy, the
+    reference steps block by block on NumPy.
 
-    With ``out``, ``params + update`` is then written into ``out`` (in the same kernel on CuPy).
+    With ``out``, ``params + update`` is then written into ``out`` (in the same pass).
     """
     fuse = _fused.fuser(grads.values())
-    if fuse is None:
-        new_states = []
-        for transform_update, state in zip(updates, states, strict=True):
-            grads, state = transform_update.reference(grads, state, params)
-            new_states.append(state)
-        if out is not None:
-            for path, update in grads.items():
-                namespace_of(update).add(params[path], update, out=out[path])
-        return grads, new_states
+    on_device = fuse not in (_fused.blocked, _fused.as_written)  # cupy.fuse: the fused steps
     steps, per_step = [], []
     for transform_update, state in zip(updates, states, strict=True):
-        if transform_update.step is not None:
-            steps.append(transform_update.step)
+        step = transform_update.step if on_device else transform_update.reference
+        if step is not None:
+            steps.append(step)
             scalars = [float(value) for value in transform_update.scalars(state)]
             per_step.append((transform_update.arrays, state, scalars))
     if out is not None:
-        steps.append(_fused.add_update)
+        steps.append(_fused.add_update if on_device else _add_update)
         per_step.append((lambda state, params, path: (params[path], out[path]), None, []))
     if steps:
         kernel = _fused.kernel(fuse, tuple(steps))
@@ -232,44 +232,39 @@ def _update_elementwise(
     return grads, states
 
 
+def _add_update(g: Any, params: Any, out: Any) -> None:
+    """Reference of :func:`eggroll_opt._fused.add_update`: ``out = params + g``."""
+    namespace_of(g).add(params, g, out=out)
+
+
 def _zeros_like(params: Params) -> Params:
     return {k: namespace_of(p).zeros_like(p) for k, p in params.items()}
 
 
-def _scale_in_place(grads: Params, factor: float) -> Params:
-    for g in grads.values():
-        g *= factor
-    return grads
+def _scale(g: Any, factor: float) -> None:
+    g *= factor
 
 
 def scale(factor: float) -> GradientTransformation:
     """Multiply updates by ``factor``."""
     return _transform(
         lambda params: {},
-        _Elementwise(
-            lambda grads, state, params: (_scale_in_place(grads, factor), state),
-            _fused.scale,
-            scalars=lambda state: (factor,),
-        ),
+        _Elementwise(_scale, _fused.scale, scalars=lambda state: (factor,)),
     )
 
 
-def _add_decay(grads: Params, params: Params, weight_decay: float) -> Params:
-    for k, g in grads.items():
-        g += weight_decay * params[k]
-    return grads
+def _decay_weights(g: Any, params: Any, weight_decay: float) -> None:
+    g += weight_decay * params
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
     """Add ``weight_decay * params`` to the updates (a no-op when it is 0)."""
     if weight_decay == 0:
-        return _transform(
-            lambda params: {}, _Elementwise(lambda grads, state, params: (grads, state))
-        )
+        return _transform(lambda params: {}, _Elementwise())
     return _transform(
         lambda params: {},
         _Elementwise(
-            lambda grads, state, params: (_add_decay(grads, params, weight_decay), state),
+            _decay_weights,
             _fused.decay_weights,
             arrays=lambda state, params, path: (params[path],),
             scalars=lambda state: (weight_decay,),
@@ -283,17 +278,13 @@ def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
     def init(params: Params) -> State:
         return {"momentum": _zeros_like(params)}
 
-    def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-        momenta = state["momentum"]
-        for k, g in grads.items():
-            momentum_k = momenta[k]
-            momentum_k *= decay
-            momentum_k += g
-            if nesterov:
-                g += decay * momentum_k
-            else:
-                g[...] = momentum_k
-        return grads, state
+    def update(g: Any, velocity: Any, decay: float) -> None:
+        velocity *= decay
+        velocity += g
+        if nesterov:
+            g += decay * velocity
+        else:
+            g[...] = velocity
 
     return _transform(
         init,
@@ -312,31 +303,34 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     def init(params: Params) -> State:
         return {"count": 0, "mu": _zeros_like(params), "nu": _zeros_like(params)}
 
-    def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-        count = state["count"] + 1
-        mu_correction, nu_correction = 1 - b1**count, 1 - b2**count
-        for k, g in grads.items():
-            xp = namespace_of(g)
-            mu, nu = state["mu"][k], state["nu"][k]
-            # mu = b1 mu + (1 - b1) g and nu = b2 nu + (1 - b2) g², without temporaries.
-            xp.subtract(mu, g, out=mu)
-            mu *= b1
-            mu += g
-            xp.multiply(g, g, out=g)
-            xp.subtract(nu, g, out=nu)
-            nu *= b2
-            nu += g
-            # g = (mu / c1) / (sqrt(nu / c2) + eps)
-            xp.sqrt(nu, out=g)
-            g *= 1 / nu_correction**0.5
-            g += eps
-            xp.divide(mu, g, out=g)
-            g *= 1 / mu_correction
-        state["count"] = count
-        return grads, state
+    def update(
+        g: Any,
+        mu: Any,
+        nu: Any,
+        b1: float,
+        b2: float,
+        eps: float,
+        inverse_mu_correction: float,
+        inverse_root_nu_correction: float,
+    ) -> None:
+        xp = namespace_of(g)
+        # mu = b1 mu + (1 - b1) g and nu = b2 nu + (1 - b2) g², without temporaries.
+        xp.subtract(mu, g, out=mu)
+        mu *= b1
+        mu += g
+        xp.multiply(g, g, out=g)
+        xp.subtract(nu, g, out=nu)
+        nu *= b2
+        nu += g
+        # g = (mu / c1) / (sqrt(nu / c2) + eps)
+        xp.sqrt(nu, out=g)
+        g *= inverse_root_nu_correction
+        g += eps
+        xp.divide(mu, g, out=g)
+        g *= inverse_mu_correction
 
     def advance(state: State) -> tuple[float, ...]:
-        """The fused step's scalars for the next count (which it stores in ``state``)."""
+        """The step's scalars for the next count (which it stores in ``state``)."""
         count = state["count"] = state["count"] + 1
         mu_correction, nu_correction = 1 - b1**count, 1 - b2**count
         return b1, b2, eps, 1 / mu_correction, 1 / nu_correction**0.5

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from eggroll_opt import nn
-from eggroll_opt.nn import patches
+from eggroll_opt._conv import patches
 
 LOSSES = ("mse", "cross_entropy")
 GRADIENTS = ("numpy", "torch")
@@ -255,8 +255,8 @@ def _conv_forward(
 ) -> tuple[np.ndarray, tuple]:
     kernel = layer["w"]
     columns, (out_h, out_w) = patches(x, tuple(kernel.shape[2:]), stride, padding)
-    out = kernel.reshape(kernel.shape[0], -1) @ columns  # (out, batch·H_out·W_out)
-    out = out.reshape(-1, x.shape[0], out_h, out_w).transpose(1, 0, 2, 3)
+    out = kernel.reshape(kernel.shape[0], -1) @ columns  # (out, H_out·W_out·batch)
+    out = out.reshape(-1, out_h, out_w, x.shape[0]).transpose(3, 0, 1, 2)
     if "b" in layer:
         out = out + layer["b"][:, None, None]
     return np.ascontiguousarray(out), (columns, x.shape)
@@ -269,13 +269,13 @@ def _conv_backward(
     kernel = layer["w"]
     out_channels, channels, kh, kw = kernel.shape
     batch, _, out_h, out_w = grad.shape
-    flat = grad.transpose(1, 0, 2, 3).reshape(out_channels, -1)  # (out, batch·H_out·W_out)
+    flat = grad.transpose(1, 2, 3, 0).reshape(out_channels, -1)  # (out, H_out·W_out·batch)
     grads = {"w": (flat @ columns.T).reshape(kernel.shape)}
     if "b" in layer:
         grads["b"] = grad.sum(axis=(0, 2, 3))
     # col2im: scatter each kernel offset's column gradient back onto the (padded) input.
     d_columns = (kernel.reshape(out_channels, -1).T @ flat).reshape(
-        channels, kh, kw, batch, out_h, out_w
+        channels, kh, kw, out_h, out_w, batch
     )
     height, width = x_shape[-2] + 2 * padding, x_shape[-1] + 2 * padding
     d_x = np.zeros((batch, channels, height, width), dtype=d_columns.dtype)
@@ -283,7 +283,7 @@ def _conv_backward(
     for i in range(kh):
         for j in range(kw):
             d_x[:, :, i : i + rows : stride, j : j + cols : stride] += d_columns[:, i, j].transpose(
-                1, 0, 2, 3
+                3, 0, 1, 2
             )
     if padding:
         d_x = d_x[:, :, padding:-padding, padding:-padding]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eggroll_opt as eo
-from eggroll_opt import nn
+from eggroll_opt import _population, nn
 from tests.conftest import host, make_backend
 
 
@@ -35,11 +37,12 @@ def _reference_conv(x, kernel, bias, stride, padding):
     kernel_w=st.integers(1, 3),
     stride=st.integers(1, 3),
     padding=st.integers(0, 2),
-    fortran_order=st.booleans(),
+    layout=st.sampled_from(["c", "fortran", "batch innermost"]),
     rank=st.integers(1, 2),
     per_member=st.booleans(),
     kind=st.sampled_from(["lowrank", "full"]),
     backend_name=st.sampled_from(["numpy", "numpy-arrays"]),
+    member_matrices=st.sampled_from([None, True, False]),
 )
 def test_population_conv2d_equals_each_member(
     channels,
@@ -49,12 +52,16 @@ def test_population_conv2d_equals_each_member(
     kernel_w,
     stride,
     padding,
-    fortran_order,
+    layout,
     rank,
     per_member,
     kind,
     backend_name,
+    member_matrices,
 ):
+    """Every way to a member's convolution equals the definition: inputs in any memory order
+    (a previous convolution hands on the batch innermost), per-member inputs through each
+    member's kernel or through the low-rank product (None: the size rule picks)."""
     rng = np.random.default_rng(size)
     params = {
         "conv": {
@@ -77,9 +84,14 @@ def test_population_conv2d_equals_each_member(
     x = rng.standard_normal(
         (4, 2, channels, size, size) if per_member else (2, channels, size, size)
     )
-    if fortran_order:  # same values, reversed strides: the windows must follow x's strides
+    if layout == "fortran":  # same values, reversed strides: the windows must follow x's strides
         x = np.asfortranarray(x)
-    out = host(nn.PopulationLayers(pop).conv2d("conv", x, stride=stride, padding=padding))
+    elif layout == "batch innermost":
+        x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, -4, -1)), -1, -4)
+    rule = _population.use_member_matrices
+    forced = rule if member_matrices is None else lambda shape, length: member_matrices
+    with mock.patch.object(_population, "use_member_matrices", forced):
+        out = host(nn.PopulationLayers(pop).conv2d("conv", x, stride=stride, padding=padding))
     for i in range(4):
         member = host(pop[i].params())["conv"]
         member_x = x[i] if per_member else x

@@ -142,6 +142,8 @@ _STEP_CASES = {
     "decay": st.floats(0.0, 0.99),
     "steps": st.integers(1, 3),
     "seed": st.integers(0, 2**16),
+    # Elements per block of the NumPy path: small ones split the leaves at odd places.
+    "block": st.sampled_from([1, 3, 16, _fused.BLOCK]),
 }
 
 
@@ -153,9 +155,19 @@ _STEP_CASES = {
     **_STEP_CASES,
 )
 def test_fused_steps_equal_the_reference(
+    name, shapes, dtype, learning_rate, weight_decay, b1, b2, decay, steps, seed, block
+):
+    """The fused path, run on NumPy arrays, gives the reference's updates and state bit for bit
+    (the reference running block by block, as on NumPy)."""
+    with mock.patch.object(_fused, "BLOCK", block):
+        _check_fused_steps(
+            name, shapes, dtype, learning_rate, weight_decay, b1, b2, decay, steps, seed
+        )
+
+
+def _check_fused_steps(
     name, shapes, dtype, learning_rate, weight_decay, b1, b2, decay, steps, seed
 ):
-    """The fused path, run on NumPy arrays, gives the reference's updates and state bit for bit."""
     rng = np.random.default_rng(seed)
     params = {
         f"leaf{i}": np.asarray(rng.standard_normal(shape), dtype) for i, shape in enumerate(shapes)
@@ -205,9 +217,14 @@ def _build_for_apply(name, learning_rate, weight_decay, b1, b2, decay):
     **_STEP_CASES,
 )
 def test_apply_equals_update_then_the_sum(
-    name, shapes, dtype, learning_rate, weight_decay, b1, b2, decay, steps, seed
+    name, shapes, dtype, learning_rate, weight_decay, b1, b2, decay, steps, seed, block
 ):
     """``apply`` (NumPy, and the fused path run on NumPy) gives ``params + update`` bit for bit."""
+    with mock.patch.object(_fused, "BLOCK", block):
+        _check_apply(name, shapes, dtype, learning_rate, weight_decay, b1, b2, decay, steps, seed)
+
+
+def _check_apply(name, shapes, dtype, learning_rate, weight_decay, b1, b2, decay, steps, seed):
     rng = np.random.default_rng(seed)
     params = {
         f"leaf{i}": np.asarray(rng.standard_normal(shape), dtype) for i, shape in enumerate(shapes)
@@ -261,9 +278,27 @@ def test_apply_is_offered_where_the_sum_can_join_the_last_step():
     assert optim.chain().apply is None and custom().apply is None
 
 
-def test_fuser_runs_the_reference_on_numpy():
-    assert _fused.fuser([np.zeros(3)]) is None and _fused.fuser([]) is None
+def test_numpy_runs_the_reference_steps_block_by_block():
+    assert _fused.fuser([np.zeros(3)]) is _fused.blocked and _fused.fuser([]) is _fused.blocked
     assert _fused.compose((_fused.adam, _fused.scale)).__name__ == "eggroll_adam_scale"
+    seen = []
+
+    def step(g, velocity, factor):
+        seen.append(g.size)
+        velocity += g
+        g *= factor
+
+    g, velocity = np.arange(10.0), np.ones(10)
+    with mock.patch.object(_fused, "BLOCK", 4):
+        _fused.blocked(step)(g, velocity, 2.0)
+        assert seen == [4, 4, 2]
+        np.testing.assert_array_equal(g, 2 * np.arange(10.0))
+        np.testing.assert_array_equal(velocity, 1 + np.arange(10.0))
+        seen.clear()
+        strided = np.ones(20)[::2]  # not contiguous: stepped whole, still in place
+        _fused.blocked(step)(g, strided, 1.0)
+        assert seen == [10]
+        np.testing.assert_array_equal(strided, 1 + 2 * np.arange(10.0))
 
 
 @pytest.fixture

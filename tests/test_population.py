@@ -6,6 +6,7 @@ import importlib
 import math
 import pickle
 import tracemalloc
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eggroll_opt as eo
+from eggroll_opt import _population
 from tests.conftest import host, make_backend
 
 
@@ -147,10 +149,23 @@ def test_matmul_is_linear_on_columns(backend, kind, per_member):
     per_member=st.booleans(),
     dtype=st.sampled_from([np.float32, np.float64]),
     backend_name=st.sampled_from(["numpy", "numpy-arrays"]),
+    materialise=st.sampled_from([None, True, False]),
 )
 def test_linear_and_matmul_equal_materialised_members(
-    rows, columns, batch, half_popsize, rank, kind, mirrored, per_member, dtype, backend_name
+    rows,
+    columns,
+    batch,
+    half_popsize,
+    rank,
+    kind,
+    mirrored,
+    per_member,
+    dtype,
+    backend_name,
+    materialise,
 ):
+    """Both ways to a per-member input (each member's own matrix, or the mean's product plus
+    the low-rank corrections; None: the size rule picks) equal the materialised members."""
     rank = min(rank, rows, columns)
     popsize = 2 * half_popsize
     es = eo.Eggroll(
@@ -171,14 +186,21 @@ def test_linear_and_matmul_equal_materialised_members(
     rng = np.random.default_rng(2)
     x = rng.standard_normal((popsize, batch, columns) if per_member else (batch, columns))
     x = x.astype(dtype)
-    out = host(pop.linear("w", x))
+    rule = _population.use_member_matrices
+    forced = rule if materialise is None else lambda shape, length: materialise
+    with mock.patch.object(_population, "use_member_matrices", forced):
+        out = host(pop.linear("w", x))
+        columns_out = host(pop.matmul("w", np.ascontiguousarray(np.swapaxes(x, -1, -2))))
+        # The same rows, stored column by column (a flattened convolution's output).
+        by_columns = np.swapaxes(np.ascontiguousarray(np.swapaxes(x, -1, -2)), -1, -2)
+        out_by_columns = host(pop.linear("w", by_columns))
     assert out.shape == (popsize, batch, rows) and out.dtype == dtype
-    columns_out = host(pop.matmul("w", np.ascontiguousarray(np.swapaxes(x, -1, -2))))
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(out_by_columns, out, rtol=tolerance, atol=tolerance)
     assert columns_out.shape == (popsize, rows, batch) and columns_out.dtype == dtype
     for i in range(popsize):
         w = host(pop[i].params()["w"])
         expected = (x[i] if per_member else x) @ w.T
-        tolerance = 1e-4 if dtype == np.float32 else 1e-10
         np.testing.assert_allclose(out[i], expected, rtol=tolerance, atol=tolerance)
         np.testing.assert_allclose(columns_out[i], expected.T, rtol=tolerance, atol=tolerance)
 
