@@ -24,8 +24,14 @@ size (``ru_maxrss``) of that process, and its increase over the resident set siz
 imports and setup. The loss of each library's mean parameters is computed with the same NumPy
 code after the same number of generations.
 
-Run ``PYTHONPATH=. python -m benchmarks.peers [--quick] [--out DIR]`` from the repository; a peer
-that is not installed gives a row with the reason (see ``docs/peers.md`` to install them).
+A second task, ``--task mnist-cnn``, trains the CNN of ``examples/mnist.py`` on MNIST with
+eggroll_opt's Eggroll and OpenES, eggroll-trainer's two trainers, EvoTorch's PGPE and evosax's
+Open_ES, beside inference-only floors, at each of ``--threads`` (see
+:mod:`benchmarks.peers_mnist`).
+
+Run ``PYTHONPATH=. python -m benchmarks.peers [--task linear|mnist-cnn|all] [--threads 1,2]
+[--quick] [--out DIR]`` from the repository; a peer that is not installed gives a row with the
+reason (see ``docs/peers.md`` to install them).
 """
 
 from __future__ import annotations
@@ -150,6 +156,15 @@ def thread_info() -> dict[str, Any]:
         info["torch"] = (
             f"intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}"
         )
+    if hasattr(os, "sched_getaffinity"):
+        info["cpus_allowed"] = sorted(os.sched_getaffinity(0))
+    try:
+        with open("/proc/self/status") as file:
+            info["os_threads"] = next(
+                int(line.split()[1]) for line in file if line.startswith("Threads:")
+            )
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass
     if "jax" in sys.modules:
         jax = sys.modules["jax"]
         devices = jax.devices()
@@ -351,21 +366,82 @@ def load_average() -> float | None:
         return None
 
 
+def _task_module() -> Any:
+    """:mod:`benchmarks.peers_mnist`, imported when a task needs it (it imports this module)."""
+    from . import peers_mnist
+
+    return peers_mnist
+
+
+def _spec(library: str, config: dict[str, Any]) -> dict[str, Any]:
+    """What ``library`` (a row name for the MNIST task) needs and records, for ``config``'s task."""
+    if config.get("task", "linear") == "linear":
+        return LIBRARIES[library]
+    spec: dict[str, Any] = _task_module().ROWS[library]
+    return spec
+
+
+def pin_to_cpus(threads: int | None) -> None:
+    """Keep this process on its first ``threads`` allowed CPUs (Linux), when that is fewer.
+
+    The thread variables do not hold every library to a thread count: XLA's CPU runtime in
+    jax 0.10 ran a convolution on both CPUs with ``XLA_FLAGS`` asking for one intra-op thread
+    (CPU seconds per wall second 1.9); on one allowed CPU it used one.
+    """
+    if not threads or not hasattr(os, "sched_setaffinity"):
+        return
+    allowed = sorted(os.sched_getaffinity(0))
+    if threads < len(allowed):
+        os.sched_setaffinity(0, allowed[:threads])
+
+
 def run_worker(library: str, config: dict[str, Any]) -> dict[str, Any]:
     """Inside the subprocess: measure ``library`` and add versions, memory, threads and load."""
+    pin_to_cpus(config.get("threads"))
     before = load_average()
-    row = WORKERS[library](config)
+    if config.get("task", "linear") == "linear":
+        row = WORKERS[library](config)
+    else:
+        row = _task_module().WORKERS[library](config)
     row["load_average"] = {"before": before, "after": load_average()}
     row["peak_rss_bytes"] = peak_rss()
     row["rss_increase_bytes"] = row["peak_rss_bytes"] - row["rss_after_setup_bytes"]
-    row["versions"] = versions(LIBRARIES[library]["versions"])
+    row["versions"] = versions(_spec(library, config)["versions"])
     row["threads"] = thread_info()
     return row
 
 
 # -- the parent: one subprocess per library ---------------------------------------------------
-def _missing(library: str) -> list[str]:
-    return [name for name in LIBRARIES[library]["needs"] if importlib.util.find_spec(name) is None]
+def _missing(library: str, config: dict[str, Any] | None = None) -> list[str]:
+    needs = _spec(library, config or {})["needs"]
+    return [name for name in needs if importlib.util.find_spec(name) is None]
+
+
+#: XLA_FLAGS for a JAX worker at one thread (jax 0.10's XLA accepts both; see thread_env).
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Variables that hold a worker to ``threads`` threads, set before it imports anything.
+
+    BLAS and OpenMP (NumPy, PyTorch) read the ``*_NUM_THREADS`` variables; PyTorch's workers
+    also call ``torch.set_num_threads``. XLA (JAX) reads ``XLA_FLAGS``: at one thread Eigen's
+    pool is switched off and the intra-op pool has one thread; above one, the intra-op pool gets
+    ``threads`` threads. jax 0.10 accepts these flags but still spreads work over every allowed
+    CPU, so the worker also pins itself to ``threads`` CPUs (:func:`pin_to_cpus`).
+    """
+    value = str(threads)
+    xla = (
+        XLA_ONE_THREAD
+        if threads == 1
+        else f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={threads}"
+    )
+    return {
+        "OMP_NUM_THREADS": value,
+        "OPENBLAS_NUM_THREADS": value,
+        "MKL_NUM_THREADS": value,
+        "XLA_FLAGS": xla,
+    }
 
 
 def _module_command() -> tuple[list[str], dict[str, str]]:
@@ -381,22 +457,36 @@ def _module_command() -> tuple[list[str], dict[str, str]]:
 
 def measure_library(library: str, config: dict[str, Any]) -> dict[str, Any]:
     """One library's row, measured in a fresh subprocess (a ``skipped`` row if it cannot run)."""
+    spec = _spec(library, config)
     head: dict[str, Any] = {
-        "library": library,
+        "library": spec.get("library", library),
         "popsize": config["popsize"],
-        "params": WIDTH * WIDTH,
+        "params": config.get("params", WIDTH * WIDTH),
         "loss_generations": config["warmup"] + config["timed"],
         "warmup_generations": config["warmup"],
         "timed_generations": config["timed"],
     }
-    missing = _missing(library)
+    if config.get("task", "linear") != "linear":
+        head |= {
+            "task": config["task"],
+            "row": library,
+            "thread_count": config.get("threads"),
+            "held_out": config.get("held_out"),
+        }
+    missing = _missing(library, config)
     if missing:
         return head | {
             "version": "not installed",
             "skipped": f"{', '.join(missing)} not installed in this environment "
             "(docs/peers.md says how to install the peers)",
         }
+    if config.get("task", "linear") != "linear":
+        reason = _task_module().unavailable(config)
+        if reason is not None:
+            return head | {"version": "?", "skipped": reason}
     command, env = _module_command()
+    if config.get("threads"):
+        env.update(thread_env(config["threads"]))
     command += ["--worker", library, "--config", json.dumps(config)]
     start = time.perf_counter()
     try:
@@ -414,26 +504,50 @@ def measure_library(library: str, config: dict[str, Any]) -> dict[str, Any]:
             "skipped": f"run failed (exit {done.returncode}): {last}",
         }
     row = head | json.loads(lines[-1][len(RESULT_MARK) :])
-    row["version"] = row["versions"].get(LIBRARIES[library]["versions"][0], "?")
+    row["version"] = row["versions"].get(spec["versions"][0], "?")
     row["wall_seconds"] = wall
     return row
 
 
-def section_peers(quick: bool) -> list[dict[str, Any]]:
-    """Rows for eggroll_opt, evosax and eggroll-trainer on the same task, in this order."""
-    config = plan(quick)
+TASKS = ("linear", "mnist-cnn")
+
+
+def section_peers(
+    quick: bool,
+    task: str = "linear",
+    threads: list[int] | None = None,
+    mnist_dir: str | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of one task: each library (for ``"mnist-cnn"``, each row of
+    :data:`benchmarks.peers_mnist.ROWS`) at each thread count, in this order (a library's thread
+    counts one after the other, so that they share the machine's load of the moment).
+
+    ``threads``: the thread counts to run each row at (None: no thread variables set, the
+    machine's defaults). ``mnist_dir``: the MNIST folder (default: ``$EGGROLL_OPT_MNIST``, else
+    ``shared/data/mnist`` beside the repository).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+    if task == "linear":
+        config, names = plan(quick), list(LIBRARIES)
+    else:
+        config, names = _task_module().plan(quick, mnist_dir), list(_task_module().ROWS)
     rows = []
-    for library in LIBRARIES:
-        row = measure_library(library, config)
-        rows.append(row)
-        if "skipped" in row:
-            print(f"  peers: {library}: skipped: {row['skipped']}", flush=True)
-        else:
+    counts: list[int | None] = list(threads) if threads else [None]
+    for library in names:
+        for count in counts:
+            row = measure_library(library, config | ({"threads": count} if count else {}))
+            rows.append(row)
+            label = library + (f" ({count} thread{'s' if count > 1 else ''})" if count else "")
+            if "skipped" in row:
+                print(f"  peers: {label}: skipped: {row['skipped']}", flush=True)
+                continue
             seconds = row["seconds_per_generation"]["median"]
+            loss = "" if row.get("loss") is None else f" -> {row['loss']:.4f}"
             print(
-                f"  peers: {library}: {seconds:.3f} s/generation, peak RSS "
+                f"  peers: {label}: {seconds:.3f} s/generation, peak RSS "
                 f"{row['peak_rss_bytes'] / MB:.0f} MB (+{row['rss_increase_bytes'] / MB:.0f} MB), "
-                f"loss {row['initial_loss']:.4f} -> {row['loss']:.4f}",
+                f"loss {row['initial_loss']:.4f}{loss}",
                 flush=True,
             )
     return rows
@@ -445,7 +559,16 @@ def _seconds(stats: dict[str, float]) -> str:
 
 
 def markdown_peers(rows: list[dict[str, Any]]) -> str:
-    """A table of the rows, the ratios of each peer to eggroll_opt, settings and threads."""
+    """A table of the rows, the ratios of each peer to eggroll_opt, settings and threads.
+
+    Rows of the MNIST task (``row["task"] == "mnist-cnn"``) get their own section after the
+    linear task's.
+    """
+    mnist = [row for row in rows if row.get("task") == "mnist-cnn"]
+    linear = [row for row in rows if row.get("task") != "mnist-cnn"]
+    if mnist:
+        parts = [markdown_peers(linear)] if linear else []
+        return "\n\n".join([*parts, _task_module().markdown(mnist)])
     if not rows:
         return "No peer rows."
     first = rows[0]
@@ -498,7 +621,20 @@ def markdown_peers(rows: list[dict[str, Any]]) -> str:
         "Settings, versions, threads and the machine's load (a load average above the CPU count "
         "means other work shared the CPUs during that measurement):",
         "",
+        *settings_lines(rows),
     ]
+    return "\n".join(lines)
+
+
+def settings_lines(
+    rows: list[dict[str, Any]], *, name: str = "library", with_threads: bool = False
+) -> list[str]:
+    """One bullet per measured row: settings, versions, thread pools, variables and load.
+
+    ``name`` is the row field that names the row; ``with_threads`` adds the thread count the
+    parent asked for and the process's OS threads at the end.
+    """
+    lines = []
     for row in rows:
         if "skipped" in row:
             continue
@@ -507,28 +643,69 @@ def markdown_peers(rows: list[dict[str, Any]]) -> str:
         pools = threads["threadpools"]
         pools = "; ".join(pools) if isinstance(pools, list) else pools
         extra = "; ".join(f"{k}: {threads[k]}" for k in ("torch", "jax") if k in threads)
-        env = threads["env"] or "no thread variables set"
+        env = ", ".join(f"{k}={v}" for k, v in threads["env"].items()) or "no thread variables set"
         load = row.get("load_average", {})
         loads = "unknown"
         if load.get("before") is not None and load.get("after") is not None:
             loads = f"{load['before']:.1f} before, {load['after']:.1f} after"
+        label = row[name]
+        if with_threads:
+            label += f" ({row.get('thread_count') or 'default'} thread(s))"
+            if threads.get("os_threads") is not None:
+                extra += ("; " if extra else "") + f"OS threads at the end: {threads['os_threads']}"
+            if threads.get("cpus_allowed") is not None:
+                allowed = ",".join(map(str, threads["cpus_allowed"]))
+                extra += ("; " if extra else "") + f"CPUs allowed: {allowed}"
         lines.append(
-            f"* {row['library']}: {row['settings']}. Versions: {used}. Threads: {pools}"
+            f"* {label}: {row['settings']}. Versions: {used}. Threads: {pools}"
             + (f"; {extra}" if extra else "")
             + f"; {env}. 1-minute load average: {loads}."
         )
-    return "\n".join(lines)
+    return lines
+
+
+def parse_threads(text: str) -> list[int]:
+    """``"1,2"`` -> ``[1, 2]`` (each a positive integer)."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected thread counts like 1,2; got {text!r}")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.peers [--quick] [--out DIR]``."""
+    """``python -m benchmarks.peers [--task T] [--threads 1,2] [--quick] [--out DIR]``."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.peers",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--quick", action="store_true", help="popsize 32, 6 generations (under a minute)"
+        "--task",
+        choices=[*TASKS, "all"],
+        default="all",
+        help="linear (1024 x 1024 linear model), mnist-cnn (the CNN of examples/mnist.py) or "
+        "all (default)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=parse_threads,
+        default=None,
+        help="thread counts of the mnist-cnn rows, e.g. 1,2 (default: 1,2; with --quick: 1); "
+        "the linear task keeps the machine's defaults",
+    )
+    parser.add_argument(
+        "--mnist-dir",
+        default=None,
+        help="folder with the MNIST IDX files (default: $EGGROLL_OPT_MNIST, else "
+        "shared/data/mnist beside the repository)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="popsize 32 and a few generations (a minute or two)",
     )
     parser.add_argument("--out", default=None, help="also write peers.md and peers.json here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -540,9 +717,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     start = time.perf_counter()
-    rows = section_peers(args.quick)
+    threads = args.threads or ([1] if args.quick else [1, 2])
+    rows = []
+    if args.task in ("linear", "all"):
+        rows += section_peers(args.quick)
+    if args.task in ("mnist-cnn", "all"):
+        rows += section_peers(args.quick, "mnist-cnn", threads, args.mnist_dir)
     total = time.perf_counter() - start
     command = "PYTHONPATH=. python -m benchmarks.peers" + (" --quick" if args.quick else "")
+    if args.task != "all":
+        command += f" --task {args.task}"
+    if args.task != "linear":
+        command += f" --threads {','.join(map(str, threads))}"
     text = "\n".join(
         [
             markdown_peers(rows),

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ._backend import namespace_of
 
 
@@ -32,16 +34,26 @@ def patches(
     xp = namespace_of(x)
     if x.ndim < 4:
         raise ValueError(f"`x` must be (..., batch, C, H, W), got shape {tuple(x.shape)}.")
-    kh, kw = kernel
     # (..., C, H, W, B): a view, and already the memory order for a previous layer's output.
     x = xp.moveaxis(x, -4, -1)
     if padding:
-        padded = xp.zeros(
-            (*x.shape[:-3], x.shape[-3] + 2 * padding, x.shape[-2] + 2 * padding, x.shape[-1]),
-            x.dtype,
-        )
+        padded = xp.zeros(_padded_shape(x.shape, padding), x.dtype)
         padded[..., padding:-padding, padding:-padding, :] = x
         x = padded
+    view = windows(x, kernel, stride)
+    *lead, channels, kh, kw, out_h, out_w, batch = view.shape
+    return view.reshape(*lead, channels * kh * kw, out_h * out_w * batch), (out_h, out_w)
+
+
+def _padded_shape(shape: tuple[int, ...], padding: int) -> tuple[int, ...]:
+    """(..., C, H, W, B) with ``padding`` zeros on each side of H and W."""
+    *lead, height, width, batch = shape
+    return (*lead, height + 2 * padding, width + 2 * padding, batch)
+
+
+def windows(x: Any, kernel: tuple[int, ...], stride: int) -> Any:
+    """The (..., C, kh, kw, H_out, W_out, B) view of every window of a (..., C, H, W, B) input."""
+    kh, kw = kernel
     height, width = x.shape[-3], x.shape[-2]
     out_h = (height - kh) // stride + 1
     out_w = (width - kw) // stride + 1
@@ -49,7 +61,7 @@ def patches(
         raise ValueError(f"the input {(height, width)} is smaller than the kernel {kernel}.")
     *lead, channels, _, _, batch = x.shape
     *lead_strides, channel_stride, row_stride, column_stride, batch_stride = x.strides
-    windows = xp.lib.stride_tricks.as_strided(  # (..., C, kh, kw, H_out, W_out, B), a view
+    return namespace_of(x).lib.stride_tricks.as_strided(
         x,
         (*lead, channels, kh, kw, out_h, out_w, batch),
         (
@@ -62,8 +74,6 @@ def patches(
             batch_stride,
         ),
     )
-    columns = windows.reshape(*lead, channels * kh * kw, out_h * out_w * batch)
-    return columns, (out_h, out_w)
 
 
 def images_view(out: Any, out_h: int, out_w: int, batch: int) -> Any:
@@ -82,23 +92,37 @@ def output_size(
     )
 
 
-def member_by_member(kernels: Any, x: Any, stride: int, padding: int) -> Any:
-    """Each member's convolution with its own kernel, one member at a time, on NumPy.
+def member_by_member(
+    kernels: Any, x: Any, stride: int, padding: int, bias: Any | None = None
+) -> Any:
+    """Each member's convolution with its own kernel (and bias), one member at a time, on NumPy.
 
-    ``kernels`` is (N, out, C, kh, kw), ``x`` (N, B, C, H, W); returns (N, out, H_out·W_out·B).
-    A member's patch matrix is made and multiplied at once, while it is still in the cache
-    (the patches of all members, made first, then multiplied, are read back from main memory:
-    1.7x slower on the MNIST CNN's second convolution). On a GPU, where each call is a kernel
-    launch, the batched product of :meth:`Population.matmul` is the way.
+    ``kernels`` is (N, out, C, kh, kw), ``x`` (N, B, C, H, W), ``bias`` (N, out) or None;
+    returns (N, out, H_out·W_out·B). A member's patch matrix is made and multiplied at once,
+    while it is still in the cache (the patches of all members, made first, then multiplied,
+    are read back from main memory: 1.7x slower on the MNIST CNN's second convolution). The
+    patches and the padded input are buffers reused from member to member, and a bias is a
+    last column of the kernel against a row of ones under the patches, so the GEMM adds it.
+    On a GPU, where each call is a kernel launch, the batched product of
+    :meth:`Population.matmul` is the way.
     """
-    members, out_channels = kernels.shape[:2]
-    out_h, out_w = output_size(x.shape[-2:], kernels.shape[-2:], stride, padding)
-    out = namespace_of(x).empty(
-        (members, out_channels, out_h * out_w * x.shape[-4]),
-        dtype=namespace_of(x).result_type(kernels.dtype, x.dtype),
-    )
-    weights = kernels.reshape(members, out_channels, -1)
+    members, out_channels, channels, kh, kw = kernels.shape
+    out_h, out_w = output_size(x.shape[-2:], (kh, kw), stride, padding)
+    depth, length = channels * kh * kw, out_h * out_w * x.shape[-4]
+    weights = kernels.reshape(members, out_channels, depth)
+    if bias is not None:
+        weights = np.concatenate([weights, bias.astype(weights.dtype)[:, :, None]], axis=2)
+    out = np.empty((members, out_channels, length), np.result_type(weights.dtype, x.dtype))
+    columns = np.empty((weights.shape[2], length), x.dtype)
+    columns[depth:] = 1
+    rows = columns[:depth].reshape(channels, kh, kw, out_h, out_w, x.shape[-4])
+    inputs = np.moveaxis(x, -4, -1)  # (N, C, H, W, B)
+    padded = np.zeros(_padded_shape(inputs.shape[1:], padding), x.dtype) if padding else None
     for member in range(members):
-        columns, _ = patches(x[member], kernels.shape[-2:], stride, padding)
-        namespace_of(x).matmul(weights[member], columns, out=out[member])
+        source = inputs[member]
+        if padded is not None:  # the border stays zero, the inside is overwritten
+            padded[:, padding:-padding, padding:-padding, :] = source
+            source = padded
+        rows[...] = windows(source, (kh, kw), stride)
+        np.matmul(weights[member], columns, out=out[member])
     return out

@@ -409,13 +409,13 @@ class PopulationLayers:
             and _population.use_member_matrices(matrix, out_h * out_w * x.shape[-4])
         ):
             kernels = self._pop.stacked(f"{prefix}/w")
-            out = _conv.member_by_member(kernels, x, stride, padding)
+            out = _conv.member_by_member(kernels, x, stride, padding, self._bias(prefix))
         else:
             columns, _ = _conv.patches(x, kernel_shape[2:], stride, padding)
             out = self._pop.matmul(f"{prefix}/w", columns)  # (N, out, H·W·batch)
-        bias = self._bias(prefix)
-        if bias is not None:
-            out += bias[:, :, None]
+            bias = self._bias(prefix)
+            if bias is not None:
+                out += bias[:, :, None]
         return _conv.images_view(out, out_h, out_w, x.shape[-4])
 
     def flatten(self, x: Any) -> Any:
@@ -499,6 +499,14 @@ def _on_device_of(weight: Any, x: Any) -> Any:
     return namespace_of(weight).asarray(to_numpy(x))
 
 
+def _add_bias(out: Any, bias: Any) -> Any:
+    """``out + bias``, in place when that keeps ``out``'s dtype (``out`` is a fresh product)."""
+    if namespace_of(out).result_type(out, bias) == out.dtype:
+        out += bias
+        return out
+    return out + bias
+
+
 class ParamsLayers:
     """The same layers for a single parameter tree (the mean, or one member's params)."""
 
@@ -521,7 +529,7 @@ class ParamsLayers:
         rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) @ weight.T
         out = rows.reshape(*x.shape[:-1], weight.shape[0])
         if f"{prefix}/b" in self._params:
-            out = out + self._params[f"{prefix}/b"]
+            out = _add_bias(out, self._params[f"{prefix}/b"])
         return out
 
     def conv2d(self, prefix: str, x: Any, *, stride: int = 1, padding: int = 0) -> Any:
@@ -533,7 +541,7 @@ class ParamsLayers:
         columns, (out_h, out_w) = _conv.patches(x, tuple(kernel.shape[2:]), stride, padding)
         out = kernel.reshape(kernel.shape[0], -1) @ columns  # (out, H·W·batch)
         if f"{prefix}/b" in self._params:
-            out = out + self._params[f"{prefix}/b"][:, None]
+            out = _add_bias(out, self._params[f"{prefix}/b"][:, None])
         return _conv.images_view(out, out_h, out_w, x.shape[0])
 
     def flatten(self, x: Any) -> Any:

@@ -118,3 +118,22 @@ def test_blackbox_section_is_part_of_the_report():
     )
     text = bench.markdown(_result({"blackbox": section}))
     assert "Black-box benchmark" in text and "eggroll-scales" in text and "sepcma" in text
+
+
+def test_cnn_profile_times_every_layer_of_both_passes(tmp_path):
+    from benchmarks import cnn_profile
+
+    result = cnn_profile.profile(
+        popsize=4, batch=8, chunk=2, inference_chunks=[8, 16], generations=2
+    )
+    generation, inference = result["generation"], result["inference"]
+    for step in ("ask", *cnn_profile.LAYERS, "tell"):
+        assert generation[step]["wall"] > 0 and generation[step]["cpu"] >= 0
+    assert generation["generation"]["wall"] >= generation["conv c2"]["wall"]
+    assert set(inference) == {8, 16} and all(
+        rows["total"]["wall"] > 0 for rows in inference.values()
+    )
+    text = cnn_profile.markdown(result)
+    assert "| conv c2 |" in text and "Forward / inference throughput" in text
+    assert cnn_profile.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "cnn_profile.md").exists() and (tmp_path / "cnn_profile.json").exists()
