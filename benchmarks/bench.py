@@ -13,8 +13,9 @@ Sections (each a table in the report, every row also in the JSON file):
   seconds to reach 10% of the initial loss for EGGROLL r=1, r=2, OpenES and gradient descent.
 * ``forward``: the population forward pass against plain batch inference (one GEMM per layer
   on popsize x batch inputs) at 1024 x 1024 layers.
-* ``peers``: EGGROLL beside evosax's OpenES and eggroll-trainer on one task, when those are
-  installed (see ``docs/peers.md``; :mod:`benchmarks.peers`).
+* ``peers``: EGGROLL beside peer libraries on two tasks (a 1024 x 1024 linear model; the MNIST
+  CNN of ``examples/mnist.py``, with inference floors), each peer a row that says why when it is
+  not installed (see ``docs/peers.md``; :mod:`benchmarks.peers`).
 * ``blackbox``: step-size adaptation on BBOB functions beside CMA-ES and sep-CMA-ES
   (:mod:`benchmarks.blackbox`; here d = 10 and 100, or the sphere and the row x column
   ellipsoid with ``--quick``; d = 1024 and 4096 run with ``python -m benchmarks.blackbox``,
@@ -631,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
             backend, 256 if quick else 1024, 64 if quick else 256, 8, 3 if quick else 7
         )
     if "peers" in wanted:
-        sections["peers"] = section_peers(quick)
+        # The linear task at the machine's thread settings, the MNIST CNN at 1 and 2 threads.
+        sections["peers"] = section_peers(quick) + section_peers(quick, "mnist-cnn", [1, 2])
     if "blackbox" in wanted:
         sections["blackbox"] = section_blackbox(
             quick, dims=None if quick else [10, 100], progress=None

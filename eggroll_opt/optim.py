@@ -25,13 +25,14 @@ States are nests of dicts/tuples whose leaves are arrays or Python ints, so a ch
 them as plain arrays. Transforms compose with :func:`chain`, and ``adam`` is itself a chain.
 
 The code below is the reference, and what runs on NumPy, where the element-wise transforms
-step each leaf in blocks of 2**18 elements that stay in the cache through the dozen passes of
-Adam (:func:`eggroll_opt._fused.blocked`; the same result bit for bit). On CuPy, :func:`scale`,
-:func:`add_decayed_weights`, :func:`trace` and :func:`scale_by_adam` update each leaf with one
-fused element-wise kernel instead (:mod:`eggroll_opt._fused`), and consecutive ones in a
-:func:`chain` share it: a step of ``adam``, ``momentum`` or ``sgd`` is one launch per leaf, with
-the same buffer semantics and the same math. Their ``apply`` adds the sum into the new
-parameters to that kernel: still one launch per leaf, where ``update`` and the sum took two.
+step each leaf of more than 2**20 elements in blocks of 2**18 that stay in the cache through
+the dozen passes of Adam (:func:`eggroll_opt._fused.blocked`; the same result bit for bit).
+On CuPy, :func:`scale`, :func:`add_decayed_weights`, :func:`trace` and :func:`scale_by_adam`
+update each leaf with one fused element-wise kernel instead (:mod:`eggroll_opt._fused`), and
+consecutive ones in a :func:`chain` share it: a step of ``adam``, ``momentum`` or ``sgd`` is one
+launch per leaf, with the same buffer semantics and the same math. Their ``apply`` adds the sum
+into the new parameters to that kernel: still one launch per leaf, where ``update`` and the sum
+took two.
 
 Example:
     >>> import numpy as np

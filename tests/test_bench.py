@@ -137,3 +137,12 @@ def test_cnn_profile_times_every_layer_of_both_passes(tmp_path):
     assert "| conv c2 |" in text and "Forward / inference throughput" in text
     assert cnn_profile.main(["--quick", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "cnn_profile.md").exists() and (tmp_path / "cnn_profile.json").exists()
+
+
+def test_optimizer_step_benchmark_runs_both_ways(capsys):
+    from benchmarks import optimizer_step
+
+    assert optimizer_step.step_seconds("adam", 64, 16, repeats=1) > 0
+    assert optimizer_step.main(["--sizes", "6", "--repeats", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "| adam | 2^6 |" in text and "| sgd | 2^6 |" in text

@@ -143,7 +143,7 @@ _STEP_CASES = {
     "steps": st.integers(1, 3),
     "seed": st.integers(0, 2**16),
     # Elements per block of the NumPy path: small ones split the leaves at odd places.
-    "block": st.sampled_from([1, 3, 16, _fused.BLOCK]),
+    "block": st.sampled_from([1, 3, 16, _fused.BLOCK]),  # (with WHOLE as small: see _check)
 }
 
 
@@ -159,7 +159,7 @@ def test_fused_steps_equal_the_reference(
 ):
     """The fused path, run on NumPy arrays, gives the reference's updates and state bit for bit
     (the reference running block by block, as on NumPy)."""
-    with mock.patch.object(_fused, "BLOCK", block):
+    with mock.patch.object(_fused, "BLOCK", block), mock.patch.object(_fused, "WHOLE", block):
         _check_fused_steps(
             name, shapes, dtype, learning_rate, weight_decay, b1, b2, decay, steps, seed
         )
@@ -220,7 +220,7 @@ def test_apply_equals_update_then_the_sum(
     name, shapes, dtype, learning_rate, weight_decay, b1, b2, decay, steps, seed, block
 ):
     """``apply`` (NumPy, and the fused path run on NumPy) gives ``params + update`` bit for bit."""
-    with mock.patch.object(_fused, "BLOCK", block):
+    with mock.patch.object(_fused, "BLOCK", block), mock.patch.object(_fused, "WHOLE", block):
         _check_apply(name, shapes, dtype, learning_rate, weight_decay, b1, b2, decay, steps, seed)
 
 
@@ -289,7 +289,7 @@ def test_numpy_runs_the_reference_steps_block_by_block():
         g *= factor
 
     g, velocity = np.arange(10.0), np.ones(10)
-    with mock.patch.object(_fused, "BLOCK", 4):
+    with mock.patch.object(_fused, "BLOCK", 4), mock.patch.object(_fused, "WHOLE", 4):
         _fused.blocked(step)(g, velocity, 2.0)
         assert seen == [4, 4, 2]
         np.testing.assert_array_equal(g, 2 * np.arange(10.0))
@@ -299,6 +299,10 @@ def test_numpy_runs_the_reference_steps_block_by_block():
         _fused.blocked(step)(g, strided, 1.0)
         assert seen == [10]
         np.testing.assert_array_equal(strided, 1 + 2 * np.arange(10.0))
+    seen.clear()
+    with mock.patch.object(_fused, "BLOCK", 4), mock.patch.object(_fused, "WHOLE", 16):
+        _fused.blocked(step)(g, velocity, 1.0)  # up to WHOLE elements: one call
+        assert seen == [10]
 
 
 @pytest.fixture
