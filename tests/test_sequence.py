@@ -50,13 +50,19 @@ def _tolerance(dtype):
     return {"rtol": 1e-4, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-9, "atol": 1e-10}
 
 
+# What every property test draws: the strategy's settings (``_ask(params, **population)``) and
+# whether the input is shared or has a member axis.
 population_settings = dict(
-    popsize=st.integers(2, 5),
-    rank=st.integers(1, 3),
-    mirrored=st.booleans(),
+    population=st.fixed_dictionaries(
+        dict(
+            popsize=st.integers(2, 5),
+            rank=st.integers(1, 3),
+            mirrored=st.booleans(),
+            noise=st.sampled_from(NOISE),
+            backend_name=st.sampled_from(BACKENDS),
+        )
+    ),
     per_member=st.booleans(),
-    noise=st.sampled_from(NOISE),
-    backend_name=st.sampled_from(BACKENDS),
 )
 
 
@@ -77,12 +83,8 @@ def test_population_embedding_equals_each_member(
     length,
     frozen,
     dtype,
-    popsize,
-    rank,
-    mirrored,
+    population,
     per_member,
-    noise,
-    backend_name,
 ):
     rng = np.random.default_rng(vocab * 10 + width)
     params = {
@@ -91,11 +93,7 @@ def test_population_embedding_equals_each_member(
     }
     pop = _ask(
         params,
-        noise=noise,
-        popsize=popsize,
-        rank=rank,
-        mirrored=mirrored,
-        backend_name=backend_name,
+        **population,
         noise_kinds={"emb/w": "frozen"} if frozen else None,
     )
     n = len(pop)
@@ -119,7 +117,7 @@ def test_population_embedding_equals_each_member(
     **population_settings,
 )
 def test_population_norms_equal_each_member(
-    width, batch, length, with_bias, popsize, rank, mirrored, per_member, noise, backend_name
+    width, batch, length, with_bias, population, per_member
 ):
     rng = np.random.default_rng(width)
     params = {
@@ -128,14 +126,7 @@ def test_population_norms_equal_each_member(
     }
     if with_bias:
         params["ln"]["bias"] = rng.standard_normal(width)
-    pop = _ask(
-        params,
-        noise=noise,
-        popsize=popsize,
-        rank=rank,
-        mirrored=mirrored,
-        backend_name=backend_name,
-    )
+    pop = _ask(params, **population)
     n = len(pop)
     x = rng.standard_normal((n, batch, length, width) if per_member else (batch, length, width))
     layers = nn.PopulationLayers(pop)
@@ -169,25 +160,14 @@ def test_population_min_gru_equals_each_member(
     length,
     with_bias,
     initial,
-    popsize,
-    rank,
-    mirrored,
+    population,
     per_member,
-    noise,
-    backend_name,
 ):
     rng = np.random.default_rng(inputs * 10 + hidden)
     params = {"gru": {"w": rng.standard_normal((2 * hidden, inputs))}}
     if with_bias:
         params["gru"]["b"] = rng.standard_normal(2 * hidden)
-    pop = _ask(
-        params,
-        noise=noise,
-        popsize=popsize,
-        rank=rank,
-        mirrored=mirrored,
-        backend_name=backend_name,
-    )
+    pop = _ask(params, **population)
     n = len(pop)
     x = rng.standard_normal((n, batch, length, inputs) if per_member else (batch, length, inputs))
     h0 = {
@@ -236,25 +216,14 @@ def test_population_causal_attention_equals_each_member(
     batch,
     length,
     with_bias,
-    popsize,
-    rank,
-    mirrored,
+    population,
     per_member,
-    noise,
-    backend_name,
 ):
     rng = np.random.default_rng(width * 100 + heads * 10 + head_width)
     params = _attention_params(
         rng, width, heads * head_width, heads * (head_width + 1), out_width, with_bias
     )
-    pop = _ask(
-        params,
-        noise=noise,
-        popsize=popsize,
-        rank=rank,
-        mirrored=mirrored,
-        backend_name=backend_name,
-    )
+    pop = _ask(params, **population)
     n = len(pop)
     x = rng.standard_normal((n, batch, length, width) if per_member else (batch, length, width))
     out = host(nn.PopulationLayers(pop).causal_attention("att", x, heads=heads))
