@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -107,3 +108,10 @@ def write_report(folder: str, name: str, text: str, data: Any) -> None:
         file.write(text + "\n")
     with open(os.path.join(folder, f"{name}.json"), "w") as file:
         json.dump(data, file, indent=2)
+
+
+def command_line(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: its module docstring as the help text, kept as written."""
+    return argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )

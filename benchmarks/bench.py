@@ -31,7 +31,6 @@ CuPy pool's growth. Ratios are taken between rows of the same run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -45,7 +44,7 @@ import eggroll_opt as eo
 from eggroll_opt import nn
 from eggroll_opt._backend import Backend, get_backend
 
-from ._measure import describe, machine, peak_bytes, synchronize, time_call
+from ._measure import command_line, describe, machine, peak_bytes, synchronize, time_call
 from .blackbox import markdown_blackbox, section_blackbox
 from .peers import markdown_peers, section_peers
 from .sequence import markdown_sequence, section_sequence
@@ -565,11 +564,7 @@ def plots(result: dict[str, Any], folder: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (``python -m eggroll_opt bench``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m eggroll_opt bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_line("python -m eggroll_opt bench", __doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (under 2 minutes)")
     parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     parser.add_argument(

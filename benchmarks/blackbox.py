@@ -57,7 +57,6 @@ slower. The full default run (d up to 4096) takes hours on a few cores.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
@@ -72,7 +71,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ._measure import describe, machine
+from ._measure import command_line, describe, machine
 
 Array = NDArray[np.float64]
 
@@ -967,11 +966,7 @@ def _names(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (or rebuild its report), write the three files, print the tables."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.blackbox",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_line("python -m benchmarks.blackbox", __doc__)
     parser.add_argument("--out", default="blackbox-results", help="results folder")
     parser.add_argument("--dims", help="comma list (default 10,100,1024,4096)")
     parser.add_argument("--functions", help=f"comma list of {','.join(FUNCTIONS)}")

@@ -32,7 +32,6 @@ Run ``python -m benchmarks.cnn_profile [--threads 1] [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import ctypes.util
 import statistics
@@ -48,11 +47,11 @@ import eggroll_opt as eo
 from eggroll_opt import nn
 
 if __package__:
-    from ._measure import describe, machine, write_report
+    from ._measure import command_line, describe, machine, write_report
     from .blackbox import blas_threads
 else:  # run as a file against another checkout's library
     sys.path.insert(0, __file__.rsplit("/", 2)[0])
-    from benchmarks._measure import describe, machine, write_report
+    from benchmarks._measure import command_line, describe, machine, write_report
     from benchmarks.blackbox import blas_threads
 
 LAYERS = ("conv c1", "relu", "conv c2", "dense fc", "dense out", "loss")
@@ -217,11 +216,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.cnn_profile``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.cnn_profile",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_line("python -m benchmarks.cnn_profile", __doc__)
     parser.add_argument("--popsize", type=int, default=256)
     parser.add_argument("--batch", type=int, default=128, help="images per generation")
     parser.add_argument("--chunk", type=int, default=8, help="members per forward part")

@@ -13,7 +13,6 @@ Run ``python -m benchmarks.core [--backend numpy|cupy] [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import time
 from functools import partial
 from typing import Any
@@ -23,7 +22,15 @@ import numpy as np
 import eggroll_opt as eo
 from eggroll_opt._backend import get_backend
 
-from ._measure import describe, machine, peak_bytes, synchronize, time_call, write_report
+from ._measure import (
+    command_line,
+    describe,
+    machine,
+    peak_bytes,
+    synchronize,
+    time_call,
+    write_report,
+)
 
 MB = 2**20
 
@@ -205,11 +212,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.core",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_line("python -m benchmarks.core", __doc__)
     parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     parser.add_argument("--out", help="folder for core.md and core.json")

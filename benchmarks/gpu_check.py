@@ -33,7 +33,6 @@ timings of the stand-in and mean nothing. Nothing here has run on a GPU yet.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import json
@@ -57,7 +56,7 @@ from eggroll_opt import _noise, nn
 from eggroll_opt._backend import Backend
 
 from . import gpu_counts
-from ._measure import describe, machine, synchronize, write_report
+from ._measure import command_line, describe, machine, synchronize, write_report
 from .bench import mlp_forward, square_mlp
 from .core import _ask_tell_times
 
@@ -569,11 +568,7 @@ def run(*, dry_run: bool, out: str | None) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gpu_check",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_line("python -m benchmarks.gpu_check", __doc__)
     parser.add_argument(
         "--dry-run", action="store_true", help="tiny sizes on the strict CuPy stand-in"
     )

@@ -40,7 +40,6 @@ first run on a GPU: it is checked on the CPU only through :class:`ApiTally`, its
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import ctypes
@@ -63,7 +62,7 @@ import eggroll_opt as eo
 from eggroll_opt import _noise, _philox_kernel, nn
 from eggroll_opt._backend import Backend
 
-from ._measure import describe, machine, write_report
+from ._measure import command_line, describe, machine, write_report
 
 STAND_IN_PATH = Path(__file__).resolve().parent.parent / "tests" / "strict_cupy"
 POPSIZE = 256
@@ -539,11 +538,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gpu_counts",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_line("python -m benchmarks.gpu_counts", __doc__)
     parser.add_argument(
         "--stand-in", action="store_true", help="count on the strict CuPy stand-in (no GPU)"
     )

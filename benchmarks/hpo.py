@@ -75,7 +75,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._measure import describe, machine
+from ._measure import command_line, describe, machine
 from .maxcut import load_runs
 
 PROBLEMS = ("svc-digits", "int-sphere30", "onemax120", "maxcut-g1", "mixed")
@@ -693,11 +693,7 @@ def _names(
 
 def main(argv: list[str] | None = None) -> int:
     """Run every requested (problem, sampler, seed) not saved yet, then write the report."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.hpo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_line("python -m benchmarks.hpo", __doc__)
     parser.add_argument("--out", default="hpo-results", help="results folder")
     parser.add_argument("--problems", help=f"comma list (default {','.join(PROBLEMS)})")
     parser.add_argument("--samplers", help=f"comma list (default {','.join(SAMPLERS)})")

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from ._measure import describe, machine
+from ._measure import command_line, describe, machine
 
 MB = 2**20
 WIDTH = 1024  # W is WIDTH x WIDTH
@@ -618,9 +618,6 @@ def markdown_peers(rows: list[dict[str, Any]]) -> str:
             )
     lines += [
         "",
-        "Settings, versions, threads and the machine's load (a load average above the CPU count "
-        "means other work shared the CPUs during that measurement):",
-        "",
         *settings_lines(rows),
     ]
     return "\n".join(lines)
@@ -629,12 +626,17 @@ def markdown_peers(rows: list[dict[str, Any]]) -> str:
 def settings_lines(
     rows: list[dict[str, Any]], *, name: str = "library", with_threads: bool = False
 ) -> list[str]:
-    """One bullet per measured row: settings, versions, thread pools, variables and load.
+    """A heading, then one bullet per measured row: settings, versions, thread pools, variables
+    and load.
 
     ``name`` is the row field that names the row; ``with_threads`` adds the thread count the
     parent asked for and the process's OS threads at the end.
     """
-    lines = []
+    lines = [
+        "Settings, versions, threads and the machine's load (a load average above the CPU count "
+        "means other work shared the CPUs during that measurement):",
+        "",
+    ]
     for row in rows:
         if "skipped" in row:
             continue
@@ -677,11 +679,7 @@ def parse_threads(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.peers [--task T] [--threads 1,2] [--quick] [--out DIR]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.peers",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_line("python -m benchmarks.peers", __doc__)
     parser.add_argument(
         "--task",
         choices=[*TASKS, "all"],

@@ -269,15 +269,18 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _timed(
-    generation: Callable[[], None], config: dict[str, Any]
-) -> tuple[dict[str, float], list[float], float]:
-    """:func:`benchmarks.peers._run_generations`, and the process's CPU seconds per wall second
-    over all those generations (about the number of busy threads; less when others share the
-    CPUs)."""
+def _timed(generation: Callable[[], None], config: dict[str, Any]) -> dict[str, Any]:
+    """A row's timing fields: :func:`benchmarks.peers._run_generations` (``seconds_per_generation``
+    and every ``generation_seconds``) and ``cpu_per_wall``, the process's CPU seconds per wall
+    second over all those generations (about the number of busy threads; less when others share
+    the CPUs)."""
     cpu, wall = _cpu_seconds(), time.perf_counter()
     stats, seconds = _run_generations(generation, config["warmup"], config["timed"])
-    return stats, seconds, (_cpu_seconds() - cpu) / max(time.perf_counter() - wall, 1e-9)
+    return {
+        "seconds_per_generation": stats,
+        "generation_seconds": seconds,
+        "cpu_per_wall": (_cpu_seconds() - cpu) / max(time.perf_counter() - wall, 1e-9),
+    }
 
 
 def _row(
@@ -286,9 +289,10 @@ def _row(
     end: dict[str, dict[str, Any]] | None,
     **fields: Any,
 ) -> dict[str, Any]:
-    """A worker's row: its fields plus the held-out loss and accuracy at the start and end."""
+    """A worker's row: its fields (``compile_seconds`` None unless given) plus the held-out loss
+    and accuracy at the start and end."""
     loss0, accuracy0 = reference_loss(start, data["held_x"], data["held_y"])
-    row = {"initial_loss": loss0, "initial_accuracy": accuracy0, **fields}
+    row = {"initial_loss": loss0, "initial_accuracy": accuracy0, "compile_seconds": None, **fields}
     if end is None:  # an inference floor: the parameters do not change
         row.update(loss=None, accuracy=None)
     else:
@@ -404,7 +408,7 @@ def _worker_eggroll_opt(config: dict[str, Any], strategy: str) -> dict[str, Any]
         pop = es.ask()
         es.tell(example.population_losses(pop, images, labels, config["chunk"]))
 
-    stats, seconds, cpu_per_wall = _timed(generation, config)
+    timing = _timed(generation, config)
     noise = "rank 1" if strategy == "Eggroll" else "full-rank noise"
     return _row(
         data,
@@ -417,10 +421,7 @@ def _worker_eggroll_opt(config: dict[str, Any], strategy: str) -> dict[str, Any]
             f"backend='numpy'); fitness via examples/mnist.py population_losses "
             f"(nn.PopulationLayers, {config['chunk']} members per part)"
         ),
-        seconds_per_generation=stats,
-        generation_seconds=seconds,
-        cpu_per_wall=cpu_per_wall,
-        compile_seconds=None,
+        **timing,
         rss_after_setup_bytes=baseline,
     )
 
@@ -488,7 +489,7 @@ def _worker_eggroll_trainer(config: dict[str, Any], trainer_name: str) -> dict[s
         with torch.no_grad():
             trainer.step()
 
-    stats, seconds, cpu_per_wall = _timed(generation, config)
+    timing = _timed(generation, config)
     return _row(
         data,
         start,
@@ -499,10 +500,7 @@ def _worker_eggroll_trainer(config: dict[str, Any], trainer_name: str) -> dict[s
             f"{settings} (first step's RMS per coordinate = Adam's, {lr:g}); step() under "
             "torch.no_grad(); fitness called once per member on an nn.Module of the CNN"
         ),
-        seconds_per_generation=stats,
-        generation_seconds=seconds,
-        cpu_per_wall=cpu_per_wall,
-        compile_seconds=None,
+        **timing,
         rss_after_setup_bytes=baseline,
     )
 
@@ -564,7 +562,7 @@ def _worker_evotorch(config: dict[str, Any]) -> dict[str, Any]:
         current["labels"] = torch.from_numpy(labels)
         searcher.step()
 
-    stats, seconds, cpu_per_wall = _timed(generation, config)
+    timing = _timed(generation, config)
     center = searcher.status["center"]
     return _row(
         data,
@@ -578,10 +576,7 @@ def _worker_evotorch(config: dict[str, Any]) -> dict[str, Any]:
             "torch.func.vmap(functional_call) (batched conv weights become a grouped conv), "
             "under torch.no_grad()"
         ),
-        seconds_per_generation=stats,
-        generation_seconds=seconds,
-        cpu_per_wall=cpu_per_wall,
-        compile_seconds=None,
+        **timing,
         rss_after_setup_bytes=baseline,
     )
 
@@ -636,7 +631,7 @@ def _worker_evosax(config: dict[str, Any]) -> dict[str, Any]:
         carry[0], carry[1] = compiled(carry[0], carry[1], jnp.asarray(images), jnp.asarray(labels))
         jax.block_until_ready(carry[0])
 
-    stats, seconds, cpu_per_wall = _timed(generation, config)
+    timing = _timed(generation, config)
     end = jax.tree.map(np.asarray, es.get_mean(carry[0]))
     return _row(
         data,
@@ -649,9 +644,7 @@ def _worker_evosax(config: dict[str, Any]) -> dict[str, Any]:
             "centered_rank); fitness: jax.vmap of the CNN (lax.conv_general_dilated) over the "
             "population; ask + fitness + tell in one jax.jit"
         ),
-        seconds_per_generation=stats,
-        generation_seconds=seconds,
-        cpu_per_wall=cpu_per_wall,
+        **timing,
         compile_seconds=compile_seconds,
         rss_after_setup_bytes=baseline,
     )
@@ -687,7 +680,7 @@ def _floor_row(
     chunk, by_chunk = _best_chunk(make_pass, chunks, count)
     compiled = compile_seconds(chunk) if compile_seconds is not None else None
     baseline = rss_now()
-    stats, seconds, cpu_per_wall = _timed(make_pass(chunk), config)
+    timing = _timed(make_pass(chunk), config)
     tried = ", ".join(f"{c}: {s:.3f} s" for c, s in by_chunk.items())
     return _row(
         data,
@@ -698,9 +691,7 @@ def _floor_row(
             f"{describe}; the mean CNN on {count:,} training images (popsize x {BATCH}), "
             f"in chunks of {chunk} images, the fastest of: {tried} (best of two)"
         ),
-        seconds_per_generation=stats,
-        generation_seconds=seconds,
-        cpu_per_wall=cpu_per_wall,
+        **timing,
         compile_seconds=compiled,
         rss_after_setup_bytes=baseline,
         chunk=chunk,
@@ -888,9 +879,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             *ratios,
         ]
     lines += [
-        "",
-        "Settings, versions, threads and the machine's load (a load average above the CPU count "
-        "means other work shared the CPUs during that measurement):",
         "",
         *settings_lines(rows, name="row", with_threads=True),
     ]

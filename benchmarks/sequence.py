@@ -36,7 +36,6 @@ few seconds at toy sizes. ``python -m eggroll_opt bench`` runs it as its ``seque
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import statistics
@@ -51,7 +50,7 @@ from eggroll_opt import nn
 from eggroll_opt._backend import Backend, get_backend
 from eggroll_opt._tree import flatten
 
-from ._measure import describe, machine, peak_bytes, synchronize, write_report
+from ._measure import command_line, describe, machine, peak_bytes, synchronize, write_report
 from .blackbox import blas_threads
 
 GB = 2**30
@@ -510,11 +509,7 @@ def markdown_sequence(section: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: run, print the table, write ``sequence.md`` and ``sequence.json``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.sequence",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_line("python -m benchmarks.sequence", __doc__)
     parser.add_argument("--quick", action="store_true", help="toy sizes, a few seconds")
     parser.add_argument("--out", default=None, help="folder for sequence.md / sequence.json")
     parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
