@@ -36,6 +36,7 @@ few seconds at toy sizes. ``python -m eggroll_opt bench`` runs it as its ``seque
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
@@ -359,33 +360,18 @@ def section_sequence(
     rows = []
     with blas_threads(threads) as limited:
         info = machine()
+        measure = functools.partial(
+            measure_row,
+            settings=settings,
+            memory_cap=memory_cap,
+            backend=backend,
+            progress=progress,
+        )
         for popsize in settings["popsizes"]:
             for cls in (eo.Eggroll, eo.OpenES):
-                rows.append(
-                    measure_row(
-                        cls,
-                        popsize,
-                        settings=settings,
-                        chunk=None,
-                        compare_plain=True,
-                        memory_cap=memory_cap,
-                        backend=backend,
-                        progress=progress,
-                    )
-                )
+                rows.append(measure(cls, popsize, chunk=None, compare_plain=True))
         for popsize, chunk in settings["chunked"]:
-            rows.append(
-                measure_row(
-                    eo.Eggroll,
-                    popsize,
-                    settings=settings,
-                    chunk=chunk,
-                    compare_plain=False,
-                    memory_cap=memory_cap,
-                    backend=backend,
-                    progress=progress,
-                )
-            )
+            rows.append(measure(eo.Eggroll, popsize, chunk=chunk, compare_plain=False))
     return {
         "settings": {**settings, "chunked": [list(pair) for pair in settings["chunked"]]},
         "blas_threads": limited,
