@@ -157,7 +157,7 @@ def sequence_cross_entropy(logits: Any, targets: Any) -> Any:
             f"`logits` must be (..., batch, T, vocab) with vocab >= 1, got shape "
             f"{tuple(logits.shape)}."
         )
-    targets = xp.asarray(_on_device_of(logits, targets))
+    targets = _on_device_of(logits, targets)
     _sequence.check_tokens(targets, logits.shape[-1], argument="targets")
     if targets.shape not in (tuple(logits.shape[-3:-1]), tuple(logits.shape[:-1])):
         raise ValueError(
@@ -405,10 +405,11 @@ class PopulationLayers:
         matrix = (kernel_shape[0], math.prod(kernel_shape[1:]))
         if (
             not shared
-            and not is_cupy_array(x)
+            and self._pop.backend == "numpy"  # on a GPU, the batched product of matmul
             and _population.use_member_matrices(matrix, out_h * out_w * x.shape[-4])
         ):
             kernels = self._pop.stacked(f"{prefix}/w")
+            x = to_numpy(x)
             out = _conv.member_by_member(kernels, x, stride, padding, self._bias(prefix))
         else:
             columns, _ = _conv.patches(x, kernel_shape[2:], stride, padding)
@@ -471,7 +472,7 @@ class PopulationLayers:
         self._check_sequence(prefix, x, self._pop.leaf_shape(f"{prefix}/w")[1])
         projected = self.dense_per_step(prefix, x)  # (N, batch, T, 2h)
         if h0 is not None:
-            h0 = namespace_of(projected).asarray(_on_device_of(projected, h0))
+            h0 = _on_device_of(projected, h0)
             batch = x.shape[-3]
             _check_h0(h0, [(batch, hidden), (len(self._pop), batch, hidden)], prefix)
         return _sequence.min_gru(projected, h0)
@@ -493,10 +494,11 @@ class PopulationLayers:
 
 
 def _on_device_of(weight: Any, x: Any) -> Any:
-    """``x`` on the array library of ``weight`` (one explicit copy if they differ)."""
-    if is_cupy_array(weight) == is_cupy_array(x):
-        return x
-    return namespace_of(weight).asarray(to_numpy(x))
+    """``x`` as an array of ``weight``'s library (one explicit copy if it is on the other one;
+    lists and scalars become arrays)."""
+    if is_cupy_array(weight) != is_cupy_array(x):
+        x = to_numpy(x)
+    return namespace_of(weight).asarray(x)
 
 
 def _add_bias(out: Any, bias: Any) -> Any:
@@ -569,7 +571,7 @@ class ParamsLayers:
             raise ValueError(
                 f"`{prefix}/w` must be a (vocab, d) table, got shape {tuple(table.shape)}."
             )
-        tokens = namespace_of(table).asarray(_on_device_of(table, tokens))
+        tokens = _on_device_of(table, tokens)
         if tokens.ndim != 2:
             raise ValueError(f"`tokens` must have shape (batch, T), got {tuple(tokens.shape)}.")
         _sequence.check_tokens(tokens, table.shape[0], table=f"{prefix}/w")
@@ -603,7 +605,7 @@ class ParamsLayers:
         _sequence.check_sequence(x, weight.shape[1], layer=prefix)
         projected = self.dense(prefix, x)  # (batch, T, 2h)
         if h0 is not None:
-            h0 = namespace_of(weight).asarray(_on_device_of(weight, h0))
+            h0 = _on_device_of(weight, h0)
             _check_h0(h0, [(*x.shape[:-2], hidden)], prefix)
         return _sequence.min_gru(projected, h0)
 

@@ -204,3 +204,25 @@ def test_params_layers_run_a_sequence_batch_as_one_gemm():
     assert out.shape == (4, 6, 5)
     np.testing.assert_allclose(np.asarray(out), x @ layers._get("out/w").T + layers._get("out/b"))
     assert layers.dense("out", x[0, 0]).shape == (5,)  # one input vector keeps its shape
+
+
+def test_host_inputs_and_lists_reach_the_layers_device(backend):
+    """A NumPy input (per member, or a list for one tree) goes to the population's device first,
+    whichever path the convolution takes there."""
+    rng = np.random.default_rng(4)
+    params = {
+        "c": {"w": rng.standard_normal((4, 2, 3, 3)), "b": rng.standard_normal(4)},
+        "d": {"w": rng.standard_normal((2, 3))},
+    }
+    es = eo.Eggroll(params, popsize=4, sigma=0.1, learning_rate=0.1, seed=0, backend=backend)
+    pop = es.ask()
+    x = rng.standard_normal((4, 3, 2, 8, 8))  # host memory, one input per member
+    out = host(nn.PopulationLayers(pop).conv2d("c", x, padding=1))
+    assert out.shape == (4, 3, 4, 8, 8)
+    for i in range(4):
+        member = host(pop[i].params())["c"]
+        np.testing.assert_allclose(
+            out[i], _reference_conv(x[i], member["w"], member["b"], 1, 1), rtol=1e-9, atol=1e-9
+        )
+    dense = host(nn.ParamsLayers(es.params).dense("d", [1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(dense, host(es.params)["d"]["w"] @ [1.0, 2.0, 3.0])
