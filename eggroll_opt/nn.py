@@ -498,7 +498,8 @@ def _on_device_of(weight: Any, x: Any) -> Any:
     lists and scalars become arrays)."""
     if is_cupy_array(weight) != is_cupy_array(x):
         x = to_numpy(x)
-    return namespace_of(weight).asarray(x)
+    xp = namespace_of(weight)
+    return x if isinstance(x, xp.ndarray) else xp.asarray(x)
 
 
 def _add_bias(out: Any, bias: Any) -> Any:
