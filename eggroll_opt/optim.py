@@ -181,6 +181,12 @@ class _Elementwise:
     arrays: Callable[[State, Params, str], tuple[Any, ...]] = lambda state, params, path: ()
     scalars: Callable[[State], tuple[float, ...]] = lambda state: ()
 
+    def __post_init__(self) -> None:
+        if (self.reference is None) != (self.step is None):
+            raise ValueError(
+                "an element-wise transform needs both `reference` and `step`, or neither."
+            )
+
     def __call__(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
         grads, states = _update_elementwise([self], grads, [state], params)
         return grads, states[0]
@@ -242,20 +248,59 @@ def _zeros_like(params: Params) -> Params:
     return {k: namespace_of(p).zeros_like(p) for k, p in params.items()}
 
 
-def _scale(g: Any, factor: float) -> None:
-    g *= factor
+# The reference steps: in-place array operations, module-level so that a chain's composed step
+# (cached by _fused.kernel on its steps) is made once, not once per optimizer. Where an
+# expression is already in place (scale, the weight decay), the step of _fused serves as both.
+
+
+def _momentum(g: Any, velocity: Any, decay: float) -> None:
+    """Reference of :func:`eggroll_opt._fused.momentum`."""
+    velocity *= decay
+    velocity += g
+    g[...] = velocity
+
+
+def _nesterov(g: Any, velocity: Any, decay: float) -> None:
+    """Reference of :func:`eggroll_opt._fused.nesterov`."""
+    velocity *= decay
+    velocity += g
+    g += decay * velocity
+
+
+def _adam(
+    g: Any,
+    mu: Any,
+    nu: Any,
+    b1: float,
+    b2: float,
+    eps: float,
+    inverse_mu_correction: float,
+    inverse_root_nu_correction: float,
+) -> None:
+    """Reference of :func:`eggroll_opt._fused.adam`, without temporaries."""
+    xp = namespace_of(g)
+    # mu = b1 mu + (1 - b1) g and nu = b2 nu + (1 - b2) g², as b (m - x) + x.
+    xp.subtract(mu, g, out=mu)
+    mu *= b1
+    mu += g
+    xp.multiply(g, g, out=g)
+    xp.subtract(nu, g, out=nu)
+    nu *= b2
+    nu += g
+    # g = (mu / c1) / (sqrt(nu / c2) + eps)
+    xp.sqrt(nu, out=g)
+    g *= inverse_root_nu_correction
+    g += eps
+    xp.divide(mu, g, out=g)
+    g *= inverse_mu_correction
 
 
 def scale(factor: float) -> GradientTransformation:
     """Multiply updates by ``factor``."""
     return _transform(
         lambda params: {},
-        _Elementwise(_scale, _fused.scale, scalars=lambda state: (factor,)),
+        _Elementwise(_fused.scale, _fused.scale, scalars=lambda state: (factor,)),
     )
-
-
-def _decay_weights(g: Any, params: Any, weight_decay: float) -> None:
-    g += weight_decay * params
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
@@ -265,7 +310,7 @@ def add_decayed_weights(weight_decay: float) -> GradientTransformation:
     return _transform(
         lambda params: {},
         _Elementwise(
-            _decay_weights,
+            _fused.decay_weights,
             _fused.decay_weights,
             arrays=lambda state, params, path: (params[path],),
             scalars=lambda state: (weight_decay,),
@@ -279,18 +324,10 @@ def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
     def init(params: Params) -> State:
         return {"momentum": _zeros_like(params)}
 
-    def update(g: Any, velocity: Any, decay: float) -> None:
-        velocity *= decay
-        velocity += g
-        if nesterov:
-            g += decay * velocity
-        else:
-            g[...] = velocity
-
     return _transform(
         init,
         _Elementwise(
-            update,
+            _nesterov if nesterov else _momentum,
             _fused.nesterov if nesterov else _fused.momentum,
             arrays=lambda state, params, path: (state["momentum"][path],),
             scalars=lambda state: (decay,),
@@ -304,32 +341,6 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     def init(params: Params) -> State:
         return {"count": 0, "mu": _zeros_like(params), "nu": _zeros_like(params)}
 
-    def update(
-        g: Any,
-        mu: Any,
-        nu: Any,
-        b1: float,
-        b2: float,
-        eps: float,
-        inverse_mu_correction: float,
-        inverse_root_nu_correction: float,
-    ) -> None:
-        xp = namespace_of(g)
-        # mu = b1 mu + (1 - b1) g and nu = b2 nu + (1 - b2) g², without temporaries.
-        xp.subtract(mu, g, out=mu)
-        mu *= b1
-        mu += g
-        xp.multiply(g, g, out=g)
-        xp.subtract(nu, g, out=nu)
-        nu *= b2
-        nu += g
-        # g = (mu / c1) / (sqrt(nu / c2) + eps)
-        xp.sqrt(nu, out=g)
-        g *= inverse_root_nu_correction
-        g += eps
-        xp.divide(mu, g, out=g)
-        g *= inverse_mu_correction
-
     def advance(state: State) -> tuple[float, ...]:
         """The step's scalars for the next count (which it stores in ``state``)."""
         count = state["count"] = state["count"] + 1
@@ -339,7 +350,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     return _transform(
         init,
         _Elementwise(
-            update,
+            _adam,
             _fused.adam,
             arrays=lambda state, params, path: (state["mu"][path], state["nu"][path]),
             scalars=advance,

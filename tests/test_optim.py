@@ -379,3 +379,23 @@ def test_adam_in_a_tell_is_one_kernel_per_leaf(cupy):
     # Measured: 38 (was 56 with a separate sum and a norm per leaf; 176 unfused); of these,
     # `empty` is an allocation, a launch on the stand-in only.
     assert audit.launches == 38 and audit.syncs == 1
+
+
+def test_a_chain_is_composed_once_for_every_optimizer_of_its_kind():
+    """The composed step is cached on the steps: new optimizers reuse it, on NumPy as on CuPy."""
+    params = {"w": np.ones(4)}
+
+    def step_a_new_adam():
+        transform = optim.adam(0.1, weight_decay=0.01)
+        transform.apply({"w": np.ones(4)}, transform.init(params), params, {"w": np.empty(4)})
+
+    step_a_new_adam()
+    made = _fused.kernel.cache_info().currsize
+    for _ in range(5):
+        step_a_new_adam()
+    assert _fused.kernel.cache_info().currsize == made
+
+
+def test_an_elementwise_transform_has_both_steps_or_neither():
+    with pytest.raises(ValueError, match="both `reference` and `step`"):
+        optim._Elementwise(reference=_fused.scale)
