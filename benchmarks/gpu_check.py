@@ -58,7 +58,7 @@ from eggroll_opt._backend import Backend
 from . import gpu_counts
 from ._measure import command_line, describe, machine, synchronize, write_report
 from .bench import mlp_forward, square_mlp
-from .core import _ask_tell_times
+from .core import _ask_tell_times, _one_generation
 
 ROOT = Path(__file__).resolve().parent.parent
 GB = 2**30
@@ -276,8 +276,8 @@ def _noise_strategy(check: Check) -> None:
         target = es.xp.asarray(np.linspace(-1, 1, size * size, dtype=np.float32))
         for _ in range(3):
             pop = es.ask()
-            losses = [((member.params()["w"].ravel() - target) ** 2).sum() for member in pop]
-            es.tell(losses)
+            members = pop.stacked("w").reshape(len(pop), -1)  # every member at once
+            es.tell(((members - target) ** 2).sum(axis=1))
         finals[name] = eo.to_numpy(es.params["w"]).astype(np.float64)
     difference = float(np.max(np.abs(finals["cupy"] - finals["numpy"])))
     check.add(
@@ -340,7 +340,7 @@ def _eggroll_row(
     del left, right
     es = _strategy(eo.Eggroll, size, popsize, xp)
     fitness = np.random.default_rng(0).standard_normal(popsize)
-    first = timed(partial(_generation, es, fitness), xp)
+    first = timed(partial(_one_generation, es, fitness), xp)
     repeats = check.repeats(first, rows_left)
     times = _ask_tell_times(es, fitness, xp, warmup=0, repeats=repeats)
     seconds.update({name: value["median"] for name, value in times.items()})
@@ -371,7 +371,7 @@ def _openes_row(
         return
     es = _strategy(eo.OpenES, size, popsize, xp)
     fitness = np.random.default_rng(0).standard_normal(popsize)
-    seconds = median_seconds(check, partial(_generation, es, fitness), rows_left)
+    seconds = median_seconds(check, partial(_one_generation, es, fitness), rows_left)
     both = eggroll.get("ask+tell")
     check.add(
         "strategy",
@@ -381,11 +381,6 @@ def _openes_row(
         ratio=f"{seconds / both:.1f}x Eggroll" if both else "",
         data={"seconds": seconds},
     )
-
-
-def _generation(es: eo.Eggroll, fitness: np.ndarray) -> None:
-    es.ask()
-    es.tell(fitness)
 
 
 # -- forward ---------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from eggroll_opt import _noise, _philox_kernel, nn
 from eggroll_opt._backend import Backend
 
 from ._measure import command_line, describe, machine, write_report
+from .bench import mlp_forward
 
 STAND_IN_PATH = Path(__file__).resolve().parent.parent / "tests" / "strict_cupy"
 POPSIZE = 256
@@ -366,11 +367,8 @@ def mlp_params(widths: tuple[int, ...] = MLP_WIDTHS) -> dict[str, Any]:
 
 
 def population_forward(pop: eo.Population, x: Any, layers: int) -> Any:
-    """tanh MLP over the population; the last of ``layers`` dense layers is linear."""
-    population_layers = nn.PopulationLayers(pop)
-    for i in range(layers - 1):
-        x = nn.tanh(population_layers.dense(f"l{i}", x))
-    return population_layers.dense(f"l{layers - 1}", x)
+    """The bench's tanh MLP (:func:`benchmarks.bench.mlp_forward`) over the population."""
+    return mlp_forward(nn.PopulationLayers(pop), x, layers)
 
 
 def count_workload(

@@ -177,7 +177,8 @@ def curve(result: dict[str, Any], label: str | None = None) -> dict[str, dict[st
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def command_line() -> argparse.ArgumentParser:
+    """The example's options and their defaults (also what the peers benchmark runs)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -198,7 +199,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--plot", default="", help="PNG path for the accuracy plot")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quick", action="store_true", help="a few seconds, for CI")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = command_line().parse_args(argv)
     if args.quick:
         args.generations, args.popsize, args.batch = 12, 32, 64
         args.learning_rate = max(args.learning_rate, 0.03)

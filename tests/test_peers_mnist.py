@@ -57,8 +57,11 @@ def test_batches_are_seeded_and_distinct_within_a_generation():
 
 def test_plan_follows_the_example_defaults():
     full, quick = peers_mnist.plan(False, "/data"), peers_mnist.plan(True, "/data")
-    assert (full["popsize"], full["batch"], full["floor_images"]) == (256, 128, 32768)
-    assert (full["sigma"], full["learning_rate"], full["chunk"]) == (0.02, 0.01, 8)
+    defaults = peers_mnist.load_example().command_line().parse_args([])
+    assert (full["popsize"], full["batch"]) == (defaults.popsize, defaults.batch)
+    assert (full["sigma"], full["learning_rate"]) == (defaults.sigma, defaults.learning_rate)
+    assert (full["chunk"], peers_mnist.WIDTH) == (defaults.chunk, defaults.width)
+    assert full["floor_images"] == full["popsize"] * full["batch"]
     assert quick["popsize"] < full["popsize"] and quick["mnist_dir"] == "/data"
     assert full["task"] == "mnist-cnn" and full["params"] == 52138
 
