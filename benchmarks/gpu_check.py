@@ -56,7 +56,7 @@ from eggroll_opt import _noise, nn
 from eggroll_opt._backend import Backend
 
 from . import gpu_counts
-from ._measure import command_line, describe, machine, synchronize, write_report
+from ._measure import command_line, describe, machine, synchronize, time_call, write_report
 from .bench import mlp_forward, square_mlp
 from .core import _ask_tell_times, _one_generation
 
@@ -198,9 +198,8 @@ def timed(function: Callable[[], Any], xp: Any) -> float:
 
 def median_seconds(check: Check, function: Callable[[], Any], rows_left: int) -> float:
     """Median of repeats sized by :meth:`Check.repeats`, after one timed warm-up call."""
-    first = timed(function, check.xp)
-    times = [timed(function, check.xp) for _ in range(check.repeats(first, rows_left))]
-    return float(np.median(times))
+    repeats = check.repeats(timed(function, check.xp), rows_left)
+    return time_call(function, check.xp, warmup=0, repeats=repeats)["median"]
 
 
 # -- noise -----------------------------------------------------------------------------------
