@@ -7,7 +7,8 @@ the convolution laid out (out, H_out, W_out, B), which is what the next convolut
 read: handed on as a view with the public axis order (..., B, out, H_out, W_out), it is never
 transposed between layers, and the next im2col copies runs of B contiguous values whatever
 the stride. (The image-major order, columns ``(b, y, x)``, needs a transposing copy of every
-layer's output and copies runs of a single value at stride 2: 1.7x slower on the MNIST CNN.)
+layer's output and copies runs of a single value at stride 2; ``python -m benchmarks.cnn_profile``
+gives the MNIST CNN's layers before and after, docs/benchmarks.md a run.)
 
 A caller that wants the usual C-contiguous (..., B, out, H, W) array calls
 ``ascontiguousarray`` on the output; every element-wise operation and reshape works on the
@@ -100,7 +101,7 @@ def member_by_member(
     ``kernels`` is (N, out, C, kh, kw), ``x`` (N, B, C, H, W), ``bias`` (N, out) or None;
     returns (N, out, H_out·W_out·B). A member's patch matrix is made and multiplied at once,
     while it is still in the cache (the patches of all members, made first, then multiplied,
-    are read back from main memory: 1.7x slower on the MNIST CNN's second convolution). The
+    are read back from main memory). The
     patches and the padded input are buffers reused from member to member, and a bias is a
     last column of the kernel against a row of ones under the patches, so the GEMM adds it.
     On a GPU, where each call is a kernel launch, the batched product of

@@ -129,7 +129,8 @@ def kernel(fuse: Callable[[Step], Step], steps: tuple[Step, ...]) -> Step:
 #: in float32, so a block's dozen passes run in the cache, not from main memory.
 BLOCK = 1 << 18
 #: Leaves up to this many elements are stepped whole: their arrays stay in the last-level cache
-#: through the step anyway, and blocks would only add calls (measured: 10% slower at 2**20).
+#: through the step anyway, and blocks would only add calls (6-10% slower at 2**20 in
+#: ``python -m benchmarks.optimizer_step``).
 WHOLE = 1 << 20
 
 
@@ -140,7 +141,7 @@ def blocked(step: Step) -> Step:
     makes a dozen over the gradient and its moments. Over whole leaves larger than the cache,
     each pass goes to main memory; block by block, all but the first hit the cache.
     ``python -m benchmarks.optimizer_step`` measured an Adam step 1.5x faster at 2**22 float32
-    parameters and 1.8x at 2**24; leaves of up to :data:`WHOLE` elements are stepped whole, as
+    parameters and 1.4-1.8x at 2**24; leaves of up to :data:`WHOLE` elements are stepped whole, as
     before. The steps are element-wise, so the result is the same bit for bit. Arrays that are
     not C-contiguous or not of the gradient's size (none that an optimizer makes) are stepped
     whole.
