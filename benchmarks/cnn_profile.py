@@ -12,8 +12,9 @@ fresh pages from the kernel and hands them back when it is freed, and raises tha
 to 32 MiB) only after the process frees a block of that size, as loading and converting MNIST
 does. Without that, every part's activations cost page faults: ``--malloc default`` against
 the default ``--malloc as-loaded``, run in turn on the 2-core machine, gave 0.39-0.41 s against
-0.23-0.26 s a generation, the first convolution about 3x and the ReLUs about 2x as long. The environment variables ``MALLOC_MMAP_THRESHOLD_`` and
-``MALLOC_TRIM_THRESHOLD_`` set the same for any program.
+0.23-0.26 s a generation, the first convolution about 3x and the ReLUs about 2x as long. The
+environment variables ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set the same for
+any program.
 
 Two measurements, each layer timed on its own (wall-clock and this process's CPU seconds, the
 latter less disturbed by other work on the machine):

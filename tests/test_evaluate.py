@@ -538,7 +538,8 @@ def test_errors_come_back_from_processes(pool):
 
 
 def test_base_travels_once_per_worker_not_per_member(pool):
-    """Bytes sent per generation: two copies of the base (one task per worker), whatever N."""
+    """Bytes sent per generation: one copy of the base per worker that ran a task (two tasks,
+    usually one on each worker; on a loaded machine one worker may take both), whatever N."""
     big = {"w": np.zeros((256, 256), np.float32), "b": np.zeros(256, np.float32)}
     base_bytes = 256 * 256 * 4 + 256 * 4
     sent, received = {}, {}
@@ -546,8 +547,11 @@ def test_base_travels_once_per_worker_not_per_member(pool):
         es = eo.Eggroll(big, popsize=popsize, sigma=0.1, learning_rate=0.1, seed=0)
         result = eo.evaluate(es.ask(), sphere, pool, timeout=120)
         assert result.tasks == 2 and result.failures == {}
-        sent[popsize], received[popsize] = result.bytes_sent, result.bytes_received
-        assert 2 * base_bytes < result.bytes_sent < 2 * base_bytes + 8_000
+        copies = len(result.workers)
+        assert copies in (1, 2)
+        sent[popsize] = result.bytes_sent - copies * base_bytes
+        received[popsize] = result.bytes_received
+        assert 0 < sent[popsize] < 8_000
     assert abs(sent[512] - sent[16]) < 100  # member specs travel as index ranges
     # Results: 8 bytes per member plus a fixed envelope per task.
     assert 8 * (512 - 16) <= received[512] - received[16] < 12 * (512 - 16)
