@@ -51,106 +51,20 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from . import _parts
 from ._backend import host_values, is_cupy_array, to_numpy
+from ._evaluation import Evaluation, EvaluationError, FailureReason, MemberFailure, values_of
 from ._executors import Broadcast, FailureKind, RemoteExecutor, _resolve_executor
 from ._population import Population
 from ._tree import flatten, unflatten
 from ._worker import _as_fitness, _ChunkResult, _describe, _Payload, _run_chunk
 
-FailureReason = Literal["raised", "invalid", "worker_lost", "data_lost", "timeout"]
 FAILURE_POLICIES = ("worst", "raise")
 WORKER_BACKENDS = ("numpy", "cupy", "auto")
-
-
-# -- results -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MemberFailure:
-    """Why one member has no fitness value.
-
-    Attributes:
-        index: the member's position in the population.
-        reason: ``"raised"`` (the fitness function raised), ``"invalid"`` (it returned something
-            that is not one real number), ``"worker_lost"`` (its worker died every time it ran
-            the member alone), ``"data_lost"`` (the broadcast could not be delivered) or
-            ``"timeout"`` (the generation's deadline passed first).
-        message: one line, ``"ExceptionType: text"`` for a raised error.
-        traceback: the formatted traceback where the error was raised ("" if none).
-        error: the exception object itself when it could be brought back, else None.
-        attempts: how many tasks included the member.
-    """
-
-    index: int
-    reason: FailureReason
-    message: str
-    traceback: str = ""
-    error: BaseException | None = None
-    attempts: int = 0
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The outcome of :func:`evaluate` for one generation.
-
-    Attributes:
-        generation: the population's generation.
-        fitness: float64 array (popsize,), NaN where a member failed; what ``tell`` receives.
-        failures: the failed members, by index.
-        attempts: int array (popsize,): how many tasks included each member.
-        seconds: wall time of the evaluation.
-        tasks: tasks submitted (including retries).
-        lost_tasks: tasks whose worker died or whose broadcast was lost.
-        duplicates: results received for members already recorded (ignored).
-        bytes_sent: bytes this evaluation serialised for workers: the broadcast times the
-            copies it travels as (per task for process pools, per worker for Dask, none for
-            threads) plus the task arguments.
-        bytes_received: serialised size of the results that came back.
-        workers: the workers that returned results (``"host:pid"``, plus ``":thread"`` for
-            threads of this process).
-        busy_seconds: time the workers spent rebuilding members and running the fitness,
-            summed over the results received (in process: the evaluation's own time).
-        worker_seconds: that busy time per worker (``"host:pid"``); ``seconds`` minus its
-            largest value is what distribution cost the generation beyond its slowest worker.
-    """
-
-    generation: int
-    fitness: np.ndarray
-    failures: Mapping[int, MemberFailure]
-    attempts: np.ndarray
-    seconds: float
-    tasks: int = 0
-    lost_tasks: int = 0
-    duplicates: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    workers: tuple[str, ...] = ()
-    busy_seconds: float = 0.0
-    worker_seconds: Mapping[str, float] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> list[int]:
-        """Indices of the failed members, sorted."""
-        return sorted(self.failures)
-
-    @property
-    def num_failed(self) -> int:
-        """How many members failed."""
-        return len(self.failures)
-
-
-class EvaluationError(RuntimeError):
-    """A generation could not be evaluated (or had failures under ``failure_policy="raise"``).
-
-    Attributes:
-        evaluation: the :class:`Evaluation`, when there is one.
-    """
-
-    def __init__(self, message: str, evaluation: Evaluation | None = None) -> None:
-        super().__init__(message)
-        self.evaluation = evaluation
 
 
 # -- the evaluation -----------------------------------------------------------------------------
@@ -217,7 +131,11 @@ def evaluate(
             :class:`concurrent.futures.Executor`, or a :class:`RemoteExecutor`
             (:class:`ProcessPool`, ``eggroll_opt.integrations.dask.DaskExecutor``). Executors
             get host (NumPy) arrays unless ``worker_backend`` says otherwise.
-        vectorized: ``fitness_fn`` takes the population (in process only).
+        vectorized: ``fitness_fn`` takes the population (a :class:`~eggroll_opt.Population`)
+            and returns its values. In process, or with ``executor="threads"`` (or a
+            :class:`~concurrent.futures.ThreadPoolExecutor`) in ``workers ×
+            chunks_per_worker`` parts on the threads at once, BLAS limited so the parts share
+            the cores: a NumPy forward pass runs on every core (``_parts.py``).
         timeout: seconds; the call returns by then (plus the time to collect what finished),
             and members without a result fail with reason ``"timeout"``. What happens to a
             fitness call still running then depends on where it runs (a running Python call
@@ -281,16 +199,17 @@ def evaluate(
     deadline_seconds = _check_timeout(timeout)
     max_retries = _check_int("max_retries", max_retries, 0)
     chunks_per_worker = _check_int("chunks_per_worker", chunks_per_worker, 1)
-    if vectorized and executor is not None:
-        raise ValueError(
-            f"`vectorized`=True evaluates the whole population in this process; it cannot be "
-            f"combined with `executor`={executor!r}."
-        )
+    if vectorized:
+        _parts.check_executor(executor, worker_backend)
     backend = _check_worker_backend(worker_backend, executor)
     remote, owned = _resolve_executor(executor)
     if remote is None:
         return _evaluate_here(population, fitness_fn, bool(vectorized), deadline_seconds)
     try:
+        if vectorized:
+            return _parts.evaluate_in_parts(
+                population, fitness_fn, remote, deadline_seconds, chunks_per_worker
+            )
         run = _Run(
             population,
             fitness_fn,
@@ -321,16 +240,7 @@ def _evaluate_here(
             raise EvaluationError(
                 f"vectorised fitness_fn raised {type(error).__name__}: {error}"
             ) from error
-        try:
-            values = np.asarray(host_values(raw), dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise TypeError(
-                f"vectorised `fitness_fn` must return {size} real numbers, got {error}"
-            ) from None
-        if values.shape != (size,):
-            raise ValueError(
-                f"vectorised `fitness_fn` must return shape ({size},), got {values.shape}."
-            )
+        values = values_of(raw, size)
         return Evaluation(
             generation=population.generation,
             fitness=values,

@@ -83,6 +83,11 @@ class RemoteExecutor(concurrent.futures.Executor):
         """How many tasks the executor runs at the same time (default: the CPU count)."""
         return os.cpu_count() or 1
 
+    @property
+    def in_process(self) -> bool:
+        """Whether tasks run on threads of this process, sharing its objects (default False)."""
+        return False
+
     def broadcast(self, payload: Any) -> Broadcast:
         """Make ``payload`` reachable by this generation's tasks (default: pickle it once)."""
         data = _dumps(payload.fitness_fn, payload)
@@ -143,6 +148,10 @@ class _WrappedExecutor(RemoteExecutor):
         count = getattr(self._executor, "_max_workers", None)  # both stdlib pools keep it here
         return int(count) if isinstance(count, int) and count > 0 else super().workers
 
+    @property
+    def in_process(self) -> bool:
+        return self._threads
+
     def broadcast(self, payload: Any) -> Broadcast:
         return _shared_broadcast(payload) if self._threads else super().broadcast(payload)
 
@@ -187,6 +196,10 @@ class _ThreadPool(RemoteExecutor):
     @property
     def workers(self) -> int:
         return self._max_workers
+
+    @property
+    def in_process(self) -> bool:
+        return True
 
     def broadcast(self, payload: Any) -> Broadcast:
         return _shared_broadcast(payload)

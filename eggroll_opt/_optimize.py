@@ -8,6 +8,7 @@ the strategy module imports it, for :meth:`Eggroll.optimize`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import numbers
 import os
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _parts
 from ._backend import to_numpy
 from ._evaluate import (
     FAILURE_POLICIES,
@@ -139,7 +141,8 @@ def optimize(
         generations: how many generations to run in this call (>= 1).
         executor: as in :func:`evaluate`; a pool named here (``"threads"``, ``"processes"``) is
             made once for the whole run and shut down at its end.
-        vectorized: ``fitness_fn`` takes the whole population (in process).
+        vectorized: ``fitness_fn`` takes the population, in process or in parts on threads
+            (see :func:`evaluate`).
         callbacks: callables given a :class:`GenerationReport` after each generation; one that
             returns True stops the run after this generation (all are called first).
         progress: show a tqdm progress bar (if tqdm is installed; nothing otherwise).
@@ -203,11 +206,8 @@ def optimize(
     for callback in callbacks:
         if not callable(callback):
             raise TypeError(f"`callbacks` must hold callables, got {callback!r}.")
-    if vectorized and executor is not None:
-        raise ValueError(
-            f"`vectorized`=True evaluates in this process; it cannot be combined with "
-            f"`executor`={executor!r}."
-        )
+    if vectorized:
+        _parts.check_executor(executor, worker_backend)
     _check_timeout(timeout)
     _check_int("max_retries", max_retries, 0)
     _check_int("chunks_per_worker", chunks_per_worker, 1)
@@ -239,7 +239,10 @@ def optimize(
     segment_best, since_segment_better = (-math.inf if maximize else math.inf), 0
     saved_at = strategy.generation
     start = time.perf_counter()
+    limits = contextlib.ExitStack()
     try:
+        if vectorized and remote is not None:  # parts on threads: BLAS shares the cores
+            limits.enter_context(_parts.blas_shared_by(remote.workers))
         for _ in range(generations):
             generation_start = time.perf_counter()
             population = strategy.ask()
@@ -313,6 +316,7 @@ def optimize(
         if checkpoint is not None and saved_at != strategy.generation:
             strategy.save(checkpoint)
     finally:
+        limits.close()
         if bar is not None:
             bar.close()
         if owned and remote is not None:

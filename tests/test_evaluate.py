@@ -193,7 +193,7 @@ def test_vectorized_fitness_gets_the_population():
     with pytest.raises(eo.EvaluationError, match="ZeroDivisionError"):
         eo.evaluate(pop, lambda p: 1 / 0, vectorized=True)
     with pytest.raises(ValueError, match="`vectorized`"):
-        eo.evaluate(pop, batched, "threads", vectorized=True)
+        eo.evaluate(pop, batched, "processes", vectorized=True)
 
 
 def test_argument_errors_name_the_argument():
@@ -1034,7 +1034,7 @@ def test_optimize_argument_errors():
     with pytest.raises(TypeError, match="`target`"):
         eo.optimize(es, _target_loss, 1, target="low")
     with pytest.raises(ValueError, match="`vectorized`"):
-        eo.optimize(es, _target_loss, 1, vectorized=True, executor="threads")
+        eo.optimize(es, _target_loss, 1, vectorized=True, executor="processes")
     with pytest.raises(ValueError, match=r"`worker_backend` must be None or one of .*'gpu'"):
         eo.optimize(es, _target_loss, 1, executor="threads", worker_backend="gpu")
     with pytest.raises(ValueError, match=r"`worker_backend`='cupy' applies to an executor"):
