@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _conv, _population, _sequence
+from . import _conv, _population, _relu, _sequence
 from ._backend import is_cupy_array, namespace_of, to_numpy
 from ._population import Population
 from ._tree import flatten
@@ -83,6 +83,8 @@ __all__ = [
 
 def relu(x: Any) -> Any:
     """max(x, 0)."""
+    if type(x) is np.ndarray:
+        return _relu.relu(x)
     return namespace_of(x).maximum(x, 0)
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eggroll_opt as eo
-from eggroll_opt import _population, nn
+from eggroll_opt import _population, _relu, nn
 from tests.conftest import host, make_backend
 
 
@@ -144,6 +144,52 @@ def test_a_small_cnn_written_once_runs_for_the_population_and_for_one_member(bac
     assert losses.shape == (6,) and accuracies.shape == (6,)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     np.testing.assert_allclose(losses, -log_probs[:, np.arange(5), labels].mean(-1), rtol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    row=st.integers(1, 9),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+    view=st.sampled_from(["c", "permuted", "fortran", "sliced", "reversed"]),
+)
+def test_relu_equals_maximum_bit_for_bit(shape, row, dtype, seed, view):
+    """The fast ReLU is np.maximum(x, 0): same bits (NaN, -0.0, inf), dtype and memory order,
+    over whole rows of zeros and a tail (rows of ``row`` values instead of 2**14)."""
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal(int(np.prod(shape)))
+    specials = rng.integers(0, values.size, 3)
+    values[specials] = [np.nan, -0.0, -np.inf][: len(specials)]
+    base = values.astype(dtype).reshape(shape)
+    x = {
+        "c": base,
+        "permuted": np.moveaxis(base, -1, 0),
+        "fortran": np.asfortranarray(base),
+        "sliced": base[..., ::2],
+        "reversed": base[..., ::-1],
+    }[view]
+    with mock.patch.object(_relu, "ROW", row):
+        out = nn.relu(x)
+    expected = np.maximum(x, 0)
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    bits = [np.ascontiguousarray(a).view(np.uint8) for a in (out, expected)]
+    np.testing.assert_array_equal(*bits)
+
+    def layout(a):  # the strides that matter: those of axes longer than 1
+        return [stride for stride, n in zip(a.strides, a.shape, strict=True) if n > 1]
+
+    assert layout(out) == layout(expected)
+    assert not np.shares_memory(out, x)
+
+
+def test_relu_keeps_a_convolution_output_a_batch_innermost_view():
+    memory = np.random.default_rng(0).standard_normal((2, 8, 5, 5, 128)).astype(np.float32)
+    x = np.moveaxis(memory, -1, 1)  # (N, batch, C, H, W) over (N, C, H, W, batch) memory
+    out = nn.relu(x)
+    assert out.strides == x.strides
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    assert nn.relu(np.array([-1, 2])).tolist() == [0, 2]  # integers: NumPy's own maximum
 
 
 def test_activations_and_pooling():
