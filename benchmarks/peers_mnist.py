@@ -13,7 +13,9 @@ Rows, each in its own subprocess at each thread count:
 
 * ``eggroll_opt/Eggroll`` (rank 1) and ``eggroll_opt/OpenES`` (full-rank noise): the population
   forward is ``examples/mnist.py``'s ``population_losses`` (its ``cnn`` through
-  ``nn.PopulationLayers``, in parts of 8 members, its default);
+  ``nn.PopulationLayers``, in parts of 8 members, its default), on n threads at n threads
+  (``eggroll_opt.evaluate(vectorized=True, executor=<thread pool>)``), each with one BLAS thread,
+  as the example trains;
 * ``eggroll-trainer/EGGROLLTrainer`` and ``eggroll-trainer/VanillaESTrainer``: ``step()``, which
   calls the fitness function once per member with a ``torch.nn.Module`` holding that member's
   weights; they have no Adam, so plain SGD whose first step has the root-mean-square per
@@ -39,6 +41,7 @@ held-out batch of test images.
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import math
 import os
@@ -383,6 +386,8 @@ def _jax_forward(jax: Any) -> Callable[[Any, Any], Any]:
 
 # -- the workers (each runs in its own subprocess) --------------------------------------------
 def _worker_eggroll_opt(config: dict[str, Any], strategy: str) -> dict[str, Any]:
+    from threadpoolctl import threadpool_limits
+
     import eggroll_opt as eo
 
     example = load_example()
@@ -402,13 +407,16 @@ def _worker_eggroll_opt(config: dict[str, Any], strategy: str) -> dict[str, Any]
     )
     next_batch = _generation_counter(config, data)
     baseline = rss_now()
+    threads = config.get("threads") or 1
+    pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
 
     def generation() -> None:
         images, labels = next_batch()
         pop = es.ask()
-        es.tell(example.population_losses(pop, images, labels, config["chunk"]))
+        es.tell(example.population_losses(pop, images, labels, config["chunk"], pool))
 
-    timing = _timed(generation, config)
+    with threadpool_limits(1, user_api="blas"):  # as examples/mnist.py trains
+        timing = _timed(generation, config)
     noise = "rank 1" if strategy == "Eggroll" else "full-rank noise"
     return _row(
         data,
@@ -419,7 +427,8 @@ def _worker_eggroll_opt(config: dict[str, Any], strategy: str) -> dict[str, Any]
             f"{strategy}(sigma={config['sigma']:g}, learning_rate={config['learning_rate']:g}, "
             "optimizer='adam', rank=1, mirrored=True, fitness_shaping='centered_rank' (default), "
             f"backend='numpy'); fitness via examples/mnist.py population_losses "
-            f"(nn.PopulationLayers, {config['chunk']} members per part)"
+            f"(nn.PopulationLayers, {config['chunk']} members per part, on {threads} "
+            "thread(s) with one BLAS thread each)"
         ),
         **timing,
         rss_after_setup_bytes=baseline,

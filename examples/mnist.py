@@ -18,12 +18,15 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import os
 import time
 from typing import Any
 
 import numpy as np
 from _backprop import Sequential
 from _common import cosine_adam, markdown_table, plot_curves, progress, strategy_class
+from threadpoolctl import threadpool_limits
 
 import eggroll_opt as eo
 from eggroll_opt import nn
@@ -84,15 +87,30 @@ def test_accuracy(params: dict[str, Any], images: np.ndarray, labels: np.ndarray
 
 
 def population_losses(
-    pop: eo.Population, images: np.ndarray, labels: np.ndarray, chunk: int
+    pop: eo.Population,
+    images: np.ndarray,
+    labels: np.ndarray,
+    chunk: int,
+    pool: concurrent.futures.ThreadPoolExecutor | None = None,
 ) -> np.ndarray:
-    """Cross-entropy of every member on a shared batch, in parts of ``chunk`` members."""
-    return np.concatenate(
-        [
-            eo.to_numpy(nn.cross_entropy(cnn(nn.PopulationLayers(part), images), labels))
-            for part in pop.split(chunk)
-        ]
-    )
+    """Cross-entropy of every member on a shared batch, in parts of ``chunk`` members.
+
+    With a thread ``pool``, :func:`eggroll_opt.evaluate` runs the parts on its threads at once
+    (``vectorized=True``: each thread gets a slice of the population and goes through it in
+    parts of ``chunk``).
+    """
+
+    def losses(members: eo.Population) -> np.ndarray:
+        return np.concatenate(
+            [
+                eo.to_numpy(nn.cross_entropy(cnn(nn.PopulationLayers(part), images), labels))
+                for part in members.split(chunk)
+            ]
+        )
+
+    if pool is None:
+        return losses(pop)
+    return eo.evaluate(pop, losses, pool, vectorized=True).fitness
 
 
 def train(
@@ -108,13 +126,18 @@ def train(
     width: int = 64,
     schedule: bool = False,
     chunk: int = 8,
+    threads: int = 1,
     evaluate_every: int = 10,
     seed: int = 0,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Run one strategy (``"Eggroll"`` or ``"OpenES"``); returns its history and timings.
 
+    The forward runs on ``threads`` threads, each with one BLAS thread (so the results are
+    the same for every ``threads``).
+
     ``history`` holds ``(generation, training seconds, test accuracy)`` rows, from generation 0;
+    ``mean`` is the trained parameter tree;
     ``ask_tell_seconds`` is the median time per generation spent in ``ask`` and ``tell`` (noise,
     shaping and update), the rest of ``seconds_per_generation`` is the population's forward.
     """
@@ -135,13 +158,17 @@ def train(
     history = [(0, 0.0, test_accuracy(es.params, test_images, test_labels))]
     seconds, times, strategy_times = 0.0, [], []  # strategy: ask + tell, without the forward
     name = "EGGROLL" if cls is eo.Eggroll else "OpenES"
-    with progress(generations, name, enabled=show_progress) as bar:
+    pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
+    with (
+        threadpool_limits(1, user_api="blas"),
+        progress(generations, name, enabled=show_progress) as bar,
+    ):
         for generation in range(1, generations + 1):
             start = time.perf_counter()
             index = rng.choice(len(train_images), batch, replace=False)
             pop = es.ask()
             asked = time.perf_counter()
-            losses = population_losses(pop, train_images[index], train_labels[index], chunk)
+            losses = population_losses(pop, train_images[index], train_labels[index], chunk, pool)
             evaluated = time.perf_counter()
             stats = es.tell(losses)
             times.append(time.perf_counter() - start)
@@ -152,6 +179,8 @@ def train(
                 history.append((generation, seconds, accuracy))
                 bar.set_postfix_str(f"loss={stats.mean_fitness:.3f} test_acc={accuracy:.3f}")
             bar.update()
+    if pool is not None:
+        pool.shutdown()
     return {
         "strategy": name + (f" (rank {rank})" if cls is eo.Eggroll else " (full-rank)"),
         "history": history,
@@ -162,6 +191,7 @@ def train(
         "initial_accuracy": history[0][2],
         "test_accuracy": history[-1][2],
         "params": es.num_params,
+        "mean": es.params,
     }
 
 
@@ -194,6 +224,12 @@ def command_line() -> argparse.ArgumentParser:
     parser.add_argument(
         "--chunk", type=int, default=8, help="members per forward part (small parts stay in cache)"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads for the forward, each with one BLAS thread (default: the CPU count)",
+    )
     parser.add_argument("--evaluate-every", type=int, default=0, help="default: generations/10")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="", help="PNG path for the accuracy plot")
@@ -203,7 +239,10 @@ def command_line() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = command_line().parse_args(argv)
+    parser = command_line()
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.quick:
         args.generations, args.popsize, args.batch = 12, 32, 64
         args.learning_rate = max(args.learning_rate, 0.03)
@@ -220,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         width=args.width,
         schedule=args.cosine,
         chunk=args.chunk,
+        threads=args.threads,
         seed=args.seed,
         evaluate_every=args.evaluate_every or max(1, args.generations // 10),
         show_progress=not args.no_progress,

@@ -43,6 +43,28 @@ def test_mnist_example_learns():
     assert result["test_accuracy"] > result["initial_accuracy"] + 0.05
 
 
+@pytest.mark.skipif(not MNIST.is_dir(), reason="the shared MNIST copy is not beside the repository")
+def test_mnist_example_trains_the_same_on_any_number_of_threads():
+    import numpy as np
+
+    example = _load("mnist")
+    run = ["--quick", "--mnist-dir", str(MNIST), "--no-progress"]
+    one, three = (example.main([*run, "--threads", str(n)]) for n in (1, 3))
+    assert [row[2] for row in one["history"]] == [row[2] for row in three["history"]]
+    for path in ("c1/w", "c2/b", "fc/w", "out/b"):
+        first, second = (r["mean"] for r in (one, three))
+        for key in path.split("/"):
+            first, second = first[key], second[key]
+        np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(one["mean"]["fc"]["w"], example.init_cnn(0, 64)["fc"]["w"])
+
+
+def test_mnist_example_refuses_no_threads(capsys):
+    with pytest.raises(SystemExit):
+        _load("mnist").main(["--threads", "0"])
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+
+
 def _small_cnn(backprop, rng, stride, padding):
     """A float64 CNN with both activations, a bias-free layer, and an input batch for it."""
     import numpy as np
