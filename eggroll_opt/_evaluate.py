@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import itertools
 import math
 import numbers
 import pickle
@@ -59,7 +58,7 @@ from . import _parts
 from ._backend import host_values, is_cupy_array, to_numpy
 from ._evaluation import Evaluation, EvaluationError, FailureReason, MemberFailure, values_of
 from ._executors import Broadcast, FailureKind, RemoteExecutor, _resolve_executor
-from ._population import Population
+from ._population import Population, chunk_ranges
 from ._tree import flatten, unflatten
 from ._worker import _as_fitness, _ChunkResult, _describe, _Payload, _run_chunk
 
@@ -496,10 +495,7 @@ class _Run:
         deadline = None if self.timeout is None else start + self.timeout
         try:
             self._broadcast()
-            bounds = np.linspace(0, self.size, self.chunks + 1).round().astype(int)
-            if self.payload.template.mirrored:  # chunk boundaries keep mirrored pairs together
-                bounds = np.unique(np.clip(bounds + bounds % 2, 0, self.size))
-            chunks = [range(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
+            chunks = chunk_ranges(self.size, self.chunks, self.payload.template.mirrored)
             self.executor.spread(len(chunks))
             for chunk in chunks:
                 self._submit(chunk, 0)

@@ -1,11 +1,12 @@
 """Vectorised fitness on threads: the population in parts, one ``fitness_fn`` call per part.
 
 ``evaluate(population, fitness_fn, vectorized=True, executor="threads")`` splits the population
-into ``workers × chunks_per_worker`` consecutive parts of about equal size (mirrored pairs kept
-together, :meth:`~eggroll_opt.Population.split`) and calls ``fitness_fn(part)`` for each on the
-pool's threads. NumPy (like CuPy, PyTorch and JAX) releases the GIL inside its array
-operations, so the parts' forward passes run on all cores at once; a fitness function that is
-mostly Python gains nothing.
+into ``workers × chunks_per_worker`` consecutive parts of about equal size, mirrored pairs kept
+together (:func:`~eggroll_opt._population.chunk_ranges`, the boundaries of member-wise
+evaluation's tasks too), and calls ``fitness_fn(part)`` for each on the pool's threads. NumPy
+(like CuPy, PyTorch and JAX) releases the GIL inside its array operations, so the parts'
+forward passes run on all cores at once; a fitness function that is mostly Python gains
+nothing.
 
 BLAS: a matrix product spreads over BLAS's own threads, and several parts doing that at once
 oversubscribe the cores. While the parts run, BLAS is limited to its thread count divided by
@@ -38,7 +39,7 @@ import numpy as np
 
 from ._evaluation import Evaluation, EvaluationError, MemberFailure, values_of
 from ._executors import RemoteExecutor
-from ._population import Population
+from ._population import Population, split_evenly
 from ._worker import _worker_id
 
 
@@ -63,12 +64,6 @@ def check_executor(executor: Any, worker_backend: Any) -> None:
         )
 
 
-def part_size(population: Population, parts: int) -> int:
-    """Members per part for about ``parts`` equal parts (even with mirrored sampling)."""
-    group = 2 if population.spec(0).mirrored else 1
-    return group * math.ceil(len(population) / (group * parts))
-
-
 def evaluate_in_parts(
     population: Population,
     fitness_fn: Callable[[Any], Any],
@@ -80,7 +75,7 @@ def evaluate_in_parts(
     start = time.perf_counter()
     deadline = None if timeout is None else start + timeout
     workers = max(1, int(pool.workers))
-    parts = population.split(part_size(population, workers * chunks_per_worker))
+    parts = split_evenly(population, workers * chunks_per_worker)
     values = np.full(len(population), math.nan)
     failures: dict[int, MemberFailure] = {}
     busy: dict[str, float] = {}

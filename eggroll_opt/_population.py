@@ -17,6 +17,7 @@ the population stores only the noise: ``O(K * rank * (m + n))`` numbers per low-
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -251,6 +252,22 @@ class Member:
         return f"Member(index={self._index}, generation={self._population.generation})"
 
 
+def chunk_ranges(size: int, chunks: int, mirrored: bool) -> list[range]:
+    """At most ``chunks`` consecutive ranges of about equal length covering ``range(size)``,
+    each boundary on a mirrored pair's boundary when ``mirrored`` (the pairs stay together)."""
+    bounds = np.linspace(0, size, min(size, chunks) + 1).round().astype(int)
+    if mirrored:
+        bounds = np.unique(np.clip(bounds + bounds % 2, 0, size))
+    return [range(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def split_evenly(population: Population, parts: int) -> list[Population]:
+    """``population`` as at most ``parts`` consecutive sub-populations of about equal size
+    (:func:`chunk_ranges`), sharing its noise as :meth:`Population.split` does."""
+    ranges = chunk_ranges(len(population), parts, population._mirrored)
+    return [population._between(members.start, members.stop) for members in ranges]
+
+
 class Population(Sequence[Member]):
     """The candidates of one generation, stored as their noise (never as dense members).
 
@@ -369,33 +386,35 @@ class Population(Sequence[Member]):
             raise ValueError(f"`size` must be a positive int, got {size!r}.")
         if size % self._group:
             raise ValueError(f"`size` must be even with mirrored sampling, got {size}.")
-        parts = []
-        for start in range(0, self._popsize, size):
-            stop = min(start + size, self._popsize)
-            low, high = start // self._group, stop // self._group
-            noise = {
-                path: tuple(part[low:high] for part in value)
-                if isinstance(value, tuple)
-                else value[low:high]
-                for path, value in self._raw.items()
-            }
-            parts.append(
-                Population(
-                    backend=self._backend,
-                    leaves=self._leaves,
-                    base=self._base,
-                    noise=noise,
-                    seed=self._seed,
-                    generation=self._generation,
-                    epoch=self._epoch,
-                    popsize=stop - start,
-                    sigma=self._sigmas,
-                    mirrored=self._mirrored,
-                    first=self._first + start,
-                    scales=self._scales,
-                )
-            )
-        return parts
+        return [
+            self._between(start, min(start + size, self._popsize))
+            for start in range(0, self._popsize, size)
+        ]
+
+    def _between(self, start: int, stop: int) -> Population:
+        """Members ``start`` to ``stop`` (exclusive, on pair boundaries when mirrored) as a
+        population sharing this one's noise."""
+        low, high = start // self._group, stop // self._group
+        noise = {
+            path: tuple(part[low:high] for part in value)
+            if isinstance(value, tuple)
+            else value[low:high]
+            for path, value in self._raw.items()
+        }
+        return Population(
+            backend=self._backend,
+            leaves=self._leaves,
+            base=self._base,
+            noise=noise,
+            seed=self._seed,
+            generation=self._generation,
+            epoch=self._epoch,
+            popsize=stop - start,
+            sigma=self._sigmas,
+            mirrored=self._mirrored,
+            first=self._first + start,
+            scales=self._scales,
+        )
 
     @property
     def backend(self) -> str:

@@ -8,10 +8,13 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from threadpoolctl import threadpool_info
 
 import eggroll_opt as eo
 from eggroll_opt import _parts
+from eggroll_opt._population import chunk_ranges
 
 
 def strategy(popsize=16, *, mirrored=True, seed=0):
@@ -183,8 +186,16 @@ def test_what_cannot_run_a_vectorised_fitness_is_refused():
     assert es.generation == 0
 
 
-@pytest.mark.parametrize(("popsize", "parts", "mirrored", "size"), [
-    (16, 2, True, 8), (14, 4, True, 4), (15, 4, False, 4), (2, 8, True, 2), (256, 32, True, 8),
-])  # fmt: skip
-def test_part_size(popsize, parts, mirrored, size):
-    assert _parts.part_size(strategy(popsize, mirrored=mirrored).ask(), parts) == size
+@given(size=st.integers(0, 600), chunks=st.integers(1, 70), mirrored=st.booleans())
+def test_chunk_ranges_cover_the_members_in_balanced_runs(size, chunks, mirrored):
+    size += size % 2 if mirrored else 0
+    ranges = chunk_ranges(size, chunks, mirrored)
+    assert [i for members in ranges for i in members] == list(range(size))
+    assert all(len(members) > 0 for members in ranges) and len(ranges) <= chunks
+    lengths = [len(members) for members in ranges]
+    if mirrored:  # pairs stay together
+        assert all(members.start % 2 == 0 and len(members) % 2 == 0 for members in ranges)
+        assert not lengths or max(lengths) - min(lengths) <= 2
+    else:
+        assert len(ranges) == min(size, chunks)
+        assert not lengths or max(lengths) - min(lengths) <= 1
