@@ -24,7 +24,9 @@ ROW = 2**14  # 64 KiB of float32 zeros: stays in the L1/L2 cache while the array
 
 @functools.cache
 def _zeros(dtype: np.dtype, length: int) -> np.ndarray:
-    return np.zeros(length, dtype)
+    zeros = np.zeros(length, dtype)
+    zeros.flags.writeable = False  # shared by every call
+    return zeros
 
 
 def _memory_order(x: np.ndarray) -> list[int]:

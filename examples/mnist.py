@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import time
 from typing import Any
@@ -160,6 +161,7 @@ def train(
     name = "EGGROLL" if cls is eo.Eggroll else "OpenES"
     pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
     with (
+        pool or contextlib.nullcontext(),  # shut down at the end, whatever happens
         threadpool_limits(1, user_api="blas"),
         progress(generations, name, enabled=show_progress) as bar,
     ):
@@ -179,8 +181,6 @@ def train(
                 history.append((generation, seconds, accuracy))
                 bar.set_postfix_str(f"loss={stats.mean_fitness:.3f} test_acc={accuracy:.3f}")
             bar.update()
-    if pool is not None:
-        pool.shutdown()
     return {
         "strategy": name + (f" (rank {rank})" if cls is eo.Eggroll else " (full-rank)"),
         "history": history,
